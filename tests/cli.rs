@@ -1,0 +1,53 @@
+//! The binary's own surface: version and the local marketplace, run as a user would.
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn version_reports_version_revision_and_target() {
+    let out = Command::new(common::zeppelin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let expected_target = format!("target {}-", std::env::consts::ARCH);
+    assert!(
+        text.starts_with(&format!("zeppelin {} (rev ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&expected_target),
+        "{text} should name {expected_target}"
+    );
+}
+
+#[test]
+fn dev_once_starts_a_local_chain_and_reports_it() {
+    let out = Command::new(common::zeppelin())
+        .args(["dev", "--once", "--block-time", "0"])
+        .env("ZEPPELIN_ANVIL", common::anvil())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("chain id 31337"), "{stdout}");
+    assert!(stdout.contains("10 funded dev accounts"), "{stdout}");
+}
+
+#[test]
+fn dev_without_anvil_says_what_is_missing_and_fails() {
+    let out = Command::new(common::zeppelin())
+        .args(["dev", "--once"])
+        .env("ZEPPELIN_ANVIL", "/nonexistent/anvil")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("starting the local chain with `/nonexistent/anvil`")
+            && stderr.contains("tools/setup.sh"),
+        "{stderr}"
+    );
+}
