@@ -41,6 +41,10 @@ pub struct DevArgs {
     #[arg(long, default_value_t = 0)]
     pub rpc_port: u16,
 
+    /// Directory for the local marketplace's files (deployment file, later the daemons' state).
+    #[arg(long, default_value = ".dev")]
+    pub dir: PathBuf,
+
     /// Set everything up, print the summary, then stop instead of running until interrupted.
     #[arg(long)]
     pub once: bool,

@@ -41,6 +41,7 @@
 //!   aws-lc-rs does not cross-build for armv7.
 //! - Errors carry context (`what was being done: why`) and become an exit code only in `main`.
 
+pub mod chain;
 pub mod cli;
 pub mod dev;
 pub mod logging;

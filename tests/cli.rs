@@ -23,9 +23,11 @@ fn version_reports_version_revision_and_target() {
 }
 
 #[test]
-fn dev_once_starts_a_local_chain_and_reports_it() {
+fn dev_once_starts_a_local_chain_deploys_the_protocol_and_writes_the_deployment_file() {
+    let dir = std::env::temp_dir().join(format!("zeppelin-dev-test-{}", std::process::id()));
     let out = Command::new(common::zeppelin())
-        .args(["dev", "--once", "--block-time", "0"])
+        .args(["dev", "--once", "--block-time", "0", "--dir"])
+        .arg(&dir)
         .env("ZEPPELIN_ANVIL", common::anvil())
         .output()
         .unwrap();
@@ -34,6 +36,15 @@ fn dev_once_starts_a_local_chain_and_reports_it() {
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("chain id 31337"), "{stdout}");
     assert!(stdout.contains("10 funded dev accounts"), "{stdout}");
+    let deployment =
+        zeppelin::chain::deployment::Deployment::load(&dir.join("deployments/31337.json")).unwrap();
+    assert_eq!(deployment.chain_id, 31337);
+    // The dispatcher line names the address in the file (dev reads the parameters back from it).
+    assert!(
+        stdout.contains(&format!("WorkerDispatcher at {}", deployment.dispatcher)),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

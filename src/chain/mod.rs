@@ -1,0 +1,10 @@
+//! The chain adapter: the only module that knows alloy.
+//!
+//! - [`bindings`]: typed bindings generated at compile time by alloy's `sol!` from
+//!   `contracts/abi/*.json`, which `contracts/export-abi.sh` extracts from the Foundry build
+//!   (CI regenerates them and fails if the committed files differ).
+//! - [`deployment`]: the deployment file that says where the protocol lives on a chain, written
+//!   by the deploy script (`contracts/script/Deploy.s.sol`) or by `zeppelin dev`, read by the
+//!   daemon and the client.
+pub mod bindings;
+pub mod deployment;
