@@ -7,10 +7,7 @@ fn main() {
 
     // Packagers building from a tarball (no .git) can pass the revision in.
     println!("cargo:rerun-if-env-changed=ZEPPELIN_GIT_REV");
-    let rev = std::env::var("ZEPPELIN_GIT_REV")
-        .ok()
-        .or_else(git_rev)
-        .unwrap_or_else(|| "unknown".into());
+    let rev = std::env::var("ZEPPELIN_GIT_REV").ok().or_else(git_rev).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=ZEPPELIN_GIT_REV={rev}");
     // Rebuild when HEAD moves (a commit or a checkout), not on every file change.
     for path in [".git/HEAD", ".git/index"] {
@@ -21,10 +18,7 @@ fn main() {
 }
 
 fn git_rev() -> Option<String> {
-    let out = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()?;
+    let out = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output().ok()?;
     if !out.status.success() {
         return None;
     }

@@ -53,9 +53,7 @@ pub struct DevArgs {
 /// Runs the parsed command line. The only place that builds the async runtime.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     crate::tls::install_crypto_provider();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Dev(args) => runtime.block_on(crate::dev::run(args)),
     }

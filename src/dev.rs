@@ -24,14 +24,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let anvil = start_chain(&args).await?;
     let provider = ProviderBuilder::new().connect_http(anvil.endpoint_url());
-    let chain_id = provider
-        .get_chain_id()
-        .await
-        .context("asking the local chain for its id")?;
-    let head = provider
-        .get_block_number()
-        .await
-        .context("asking the local chain for its head")?;
+    let chain_id = provider.get_chain_id().await.context("asking the local chain for its id")?;
+    let head = provider.get_block_number().await.context("asking the local chain for its head")?;
     println!(
         "  chain     anvil at {} (chain id {chain_id}, head block {head}, {} funded dev accounts, {})",
         anvil.endpoint(),
@@ -41,9 +35,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let deployer = PrivateKeySigner::from(anvil.keys()[0].clone());
     let deployer_address = deployer.address();
-    let wallet_provider = ProviderBuilder::new()
-        .wallet(EthereumWallet::from(deployer))
-        .connect_http(anvil.endpoint_url());
+    let wallet_provider =
+        ProviderBuilder::new().wallet(EthereumWallet::from(deployer)).connect_http(anvil.endpoint_url());
     let params = dev_params();
     let receipt = WorkerDispatcher::deploy_builder(&wallet_provider, params.clone())
         .send()
@@ -52,15 +45,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .get_receipt()
         .await
         .context("waiting for the WorkerDispatcher deployment")?;
-    let dispatcher = receipt
-        .contract_address
-        .context("the deployment receipt names no contract address")?;
+    let dispatcher = receipt.contract_address.context("the deployment receipt names no contract address")?;
     let deployment = Deployment {
         chain_id,
         dispatcher,
-        deploy_block: receipt
-            .block_number
-            .context("the deployment receipt names no block")?,
+        deploy_block: receipt.block_number.context("the deployment receipt names no block")?,
     };
     // Read the parameters back: proves the code is live at that address and speaks our ABI.
     let on_chain = WorkerDispatcher::new(dispatcher, &provider)
@@ -103,9 +92,9 @@ async fn start_chain(args: &DevArgs) -> anyhow::Result<AnvilInstance> {
     }
     let anvil_path = args.anvil.display().to_string();
     // Spawning waits for anvil's "Listening on" line: blocking work, off the async threads.
-    tokio::task::spawn_blocking(move || anvil.try_spawn())
-        .await?
-        .with_context(|| format!("starting the local chain with `{anvil_path}` (is anvil installed? run tools/setup.sh)"))
+    tokio::task::spawn_blocking(move || anvil.try_spawn()).await?.with_context(|| {
+        format!("starting the local chain with `{anvil_path}` (is anvil installed? run tools/setup.sh)")
+    })
 }
 
 /// Protocol parameters for the local marketplace: short windows so a whole lifecycle takes

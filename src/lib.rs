@@ -29,6 +29,8 @@
 //!
 //! - `main.rs`: thin entry: parse the command line, set up logging, map errors to an exit code.
 //! - [`cli`]: the subcommands; each one parses options and calls into the library.
+//! - [`core`]: the pure state machine: registration reconciliation and the agreement lifecycle
+//!   (events in, transactions out; no I/O, no clock).
 //! - [`dev`]: `zeppelin dev`, the local marketplace behind the README's main command.
 //! - [`logging`]: tracing subscriber set-up (text or journald format).
 //! - [`tls`]: the one TLS policy: rustls with `ring`.
@@ -43,6 +45,7 @@
 
 pub mod chain;
 pub mod cli;
+pub mod core;
 pub mod dev;
 pub mod logging;
 pub mod tls;

@@ -14,20 +14,12 @@ mod tests {
     fn ring_is_the_installed_provider() {
         super::install_crypto_provider();
         super::install_crypto_provider();
-        let provider =
-            rustls::crypto::CryptoProvider::get_default().expect("a provider is installed");
+        let provider = rustls::crypto::CryptoProvider::get_default().expect("a provider is installed");
         let ring = rustls::crypto::ring::default_provider();
         assert_eq!(provider.cipher_suites.len(), ring.cipher_suites.len());
         assert_eq!(
-            provider
-                .cipher_suites
-                .iter()
-                .map(|s| s.suite())
-                .collect::<Vec<_>>(),
-            ring.cipher_suites
-                .iter()
-                .map(|s| s.suite())
-                .collect::<Vec<_>>()
+            provider.cipher_suites.iter().map(|s| s.suite()).collect::<Vec<_>>(),
+            ring.cipher_suites.iter().map(|s| s.suite()).collect::<Vec<_>>()
         );
     }
 }

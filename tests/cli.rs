@@ -5,21 +5,12 @@ use std::process::Command;
 
 #[test]
 fn version_reports_version_revision_and_target() {
-    let out = Command::new(common::zeppelin())
-        .arg("--version")
-        .output()
-        .unwrap();
+    let out = Command::new(common::zeppelin()).arg("--version").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let expected_target = format!("target {}-", std::env::consts::ARCH);
-    assert!(
-        text.starts_with(&format!("zeppelin {} (rev ", env!("CARGO_PKG_VERSION"))),
-        "{text}"
-    );
-    assert!(
-        text.contains(&expected_target),
-        "{text} should name {expected_target}"
-    );
+    assert!(text.starts_with(&format!("zeppelin {} (rev ", env!("CARGO_PKG_VERSION"))), "{text}");
+    assert!(text.contains(&expected_target), "{text} should name {expected_target}");
 }
 
 #[test]
@@ -40,10 +31,7 @@ fn dev_once_starts_a_local_chain_deploys_the_protocol_and_writes_the_deployment_
         zeppelin::chain::deployment::Deployment::load(&dir.join("deployments/31337.json")).unwrap();
     assert_eq!(deployment.chain_id, 31337);
     // The dispatcher line names the address in the file (dev reads the parameters back from it).
-    assert!(
-        stdout.contains(&format!("WorkerDispatcher at {}", deployment.dispatcher)),
-        "{stdout}"
-    );
+    assert!(stdout.contains(&format!("WorkerDispatcher at {}", deployment.dispatcher)), "{stdout}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

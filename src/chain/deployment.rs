@@ -30,48 +30,30 @@ pub struct Deployment {
 #[derive(Debug, thiserror::Error)]
 pub enum DeploymentError {
     #[error("reading deployment file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("deployment file {path} is not valid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Parse { path: PathBuf, source: serde_json::Error },
     #[error("writing deployment file {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 impl Deployment {
     /// Reads and parses a deployment file.
     pub fn load(path: &Path) -> Result<Self, DeploymentError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DeploymentError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|source| DeploymentError::Parse {
-            path: path.to_owned(),
-            source,
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| DeploymentError::Read { path: path.to_owned(), source })?;
+        serde_json::from_str(&text).map_err(|source| DeploymentError::Parse { path: path.to_owned(), source })
     }
 
     /// Writes the file atomically (a temporary file renamed over the target), so a reader never
     /// sees half of it.
     pub fn save(&self, path: &Path) -> Result<(), DeploymentError> {
-        let write_err = |source| DeploymentError::Write {
-            path: path.to_owned(),
-            source,
-        };
+        let write_err = |source| DeploymentError::Write { path: path.to_owned(), source };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(write_err)?;
         }
         let tmp = path.with_extension("json.tmp");
-        let text =
-            serde_json::to_string_pretty(self).expect("a deployment always serializes") + "\n";
+        let text = serde_json::to_string_pretty(self).expect("a deployment always serializes") + "\n";
         std::fs::write(&tmp, text).map_err(write_err)?;
         std::fs::rename(&tmp, path).map_err(write_err)
     }
@@ -88,23 +70,14 @@ mod tests {
         let d: Deployment = serde_json::from_str(json).unwrap();
         assert_eq!(d.chain_id, 31337);
         assert_eq!(d.deploy_block, 7);
-        assert_eq!(
-            d.dispatcher,
-            "0x5FbDB2315678afecb367f032d93F642f64180aa3"
-                .parse::<Address>()
-                .unwrap()
-        );
+        assert_eq!(d.dispatcher, "0x5FbDB2315678afecb367f032d93F642f64180aa3".parse::<Address>().unwrap());
     }
 
     #[test]
     fn save_then_load_round_trips() {
         let dir = std::env::temp_dir().join(format!("zeppelin-deployment-{}", std::process::id()));
         let path = dir.join("nested/31337.json");
-        let d = Deployment {
-            chain_id: 5,
-            dispatcher: Address::repeat_byte(0xab),
-            deploy_block: 42,
-        };
+        let d = Deployment { chain_id: 5, dispatcher: Address::repeat_byte(0xab), deploy_block: 42 };
         d.save(&path).unwrap();
         assert_eq!(Deployment::load(&path).unwrap(), d);
         std::fs::remove_dir_all(dir).unwrap();
@@ -112,16 +85,12 @@ mod tests {
 
     #[test]
     fn a_malformed_file_names_the_path() {
-        let dir =
-            std::env::temp_dir().join(format!("zeppelin-deployment-bad-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("zeppelin-deployment-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bad.json");
         std::fs::write(&path, r#"{"chainId": "x"}"#).unwrap();
         let err = Deployment::load(&path).unwrap_err().to_string();
-        assert!(
-            err.starts_with(&format!("deployment file {} is not valid", path.display())),
-            "{err}"
-        );
+        assert!(err.starts_with(&format!("deployment file {} is not valid", path.display())), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,0 +1,783 @@
+//! The daemon's state machine: `on_event(event) -> actions`.
+//!
+//! It holds what the daemon knows of its own registration and of every agreement it takes part
+//! in, and decides which transactions to send. It reconciles: the goal (from the config and the
+//! operator: serve, pause, leave) against what the chain says, the way a controller does, so a
+//! restart, a lost transaction or a reorg all end in the same place.
+//!
+//! Transactions are *intents* with a stable [`Intent::key`]. An intent stays in flight from the
+//! moment the core asks for it until the chain follower has processed the block that mined it
+//! ([`Event::Synced`] at or past that block): only then does the core see the effect (or its
+//! absence) and decide again. That is what keeps a transaction from ever being sent twice for
+//! one decision, even when the receipt arrives before the follower's confirmations.
+//!
+//! Time is the chain's: every deadline in the contract is a block timestamp, so the core only
+//! moves on block timestamps it is given, never on a wall clock.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{Address, AgreementId, Terms, Wei};
+
+/// The protocol parameters the dispatcher was deployed with (`WorkerDispatcher.params()`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolParams {
+    pub min_stake: Wei,
+    pub accept_window: u64,
+    pub ready_window: u64,
+    pub epoch_length: u64,
+    pub report_grace: u64,
+}
+
+/// What the operator wants this worker to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Goal {
+    /// Registered with these terms and at least this stake, taking work.
+    Serve { terms: Terms, stake: Wei },
+    /// Registered with these terms but not drawn for new work.
+    Pause { terms: Terms, stake: Wei },
+    /// Out of the market: no new work, the stake back once the running agreements close.
+    Leave,
+}
+
+/// The worker's registration as the chain reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Registration {
+    /// Not read from the chain yet.
+    Unknown,
+    NotRegistered,
+    Active {
+        terms: Terms,
+        stake: Wei,
+    },
+    Paused {
+        terms: Terms,
+        stake: Wei,
+    },
+    Leaving {
+        stake: Wei,
+        unbond_at: u64,
+    },
+}
+
+/// A transaction the core wants sent. The shell signs, sends and tracks it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Intent {
+    Register { terms: Terms, stake: Wei },
+    Update { terms: Terms },
+    AddStake { amount: Wei },
+    Pause,
+    Resume,
+    RequestLeave,
+    WithdrawStake,
+    Accept(AgreementId),
+    Decline(AgreementId),
+    Abort(AgreementId),
+    Redeem(AgreementId),
+    Withdraw,
+}
+
+impl Intent {
+    /// Identifies the decision: one intent of a key is in flight at a time.
+    pub fn key(&self) -> String {
+        match self {
+            Intent::Register { .. } => "register".into(),
+            Intent::Update { .. } => "update".into(),
+            Intent::AddStake { .. } => "add-stake".into(),
+            Intent::Pause => "pause".into(),
+            Intent::Resume => "resume".into(),
+            Intent::RequestLeave => "request-leave".into(),
+            Intent::WithdrawStake => "withdraw-stake".into(),
+            // One answer per offer: accepting and declining share a key, so a goal that changes
+            // while an answer is in flight cannot send the other answer too.
+            Intent::Accept(id) | Intent::Decline(id) => format!("answer:{id}"),
+            Intent::Abort(id) => format!("abort:{id}"),
+            Intent::Redeem(id) => format!("redeem:{id}"),
+            Intent::Withdraw => "withdraw".into(),
+        }
+    }
+}
+
+/// Our part in an agreement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Worker,
+    Verifier,
+}
+
+/// Where an agreement is in its lifecycle (the contract's `WorkAgreement.State`, with the
+/// deadlines the daemon acts on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stage {
+    Created { accept_deadline: u64 },
+    Accepted { ready_deadline: u64 },
+    Running { started_at: u64, epochs: u64 },
+    Terminated { started_at: u64, end_epoch: u64 },
+    Finished,
+    Cancelled,
+    Aborted,
+}
+
+impl Stage {
+    /// Whether the agreement still holds a slot (not closed on chain).
+    pub fn is_open(self) -> bool {
+        !matches!(self, Stage::Finished | Stage::Cancelled | Stage::Aborted)
+    }
+}
+
+/// What the daemon knows of one agreement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgreementView {
+    pub id: AgreementId,
+    pub role: Role,
+    pub client: Address,
+    pub worker: Address,
+    pub price_per_second: Wei,
+    pub duration: u64,
+    pub stage: Stage,
+}
+
+/// A decoded chain log that concerns this daemon (the follower asks only for those).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChainEvent {
+    WorkerRegistered {
+        worker: Address,
+        stake: Wei,
+        terms: Terms,
+    },
+    WorkerUpdated {
+        worker: Address,
+        terms: Terms,
+    },
+    WorkerPaused {
+        worker: Address,
+    },
+    WorkerResumed {
+        worker: Address,
+    },
+    StakeChanged {
+        worker: Address,
+        stake: Wei,
+    },
+    LeaveRequested {
+        worker: Address,
+        unbond_at: u64,
+    },
+    StakeWithdrawn {
+        worker: Address,
+    },
+    AgreementCreated {
+        id: AgreementId,
+        client: Address,
+        worker: Address,
+        price_per_second: Wei,
+        duration: u64,
+        accept_deadline: u64,
+    },
+    VerifierAssigned {
+        id: AgreementId,
+        verifier: Address,
+        worker: Address,
+    },
+    AgreementAccepted {
+        id: AgreementId,
+        ready_deadline: u64,
+    },
+    AgreementCancelled {
+        id: AgreementId,
+    },
+    AgreementAborted {
+        id: AgreementId,
+    },
+    AgreementStarted {
+        id: AgreementId,
+        started_at: u64,
+        epochs: u64,
+    },
+    AgreementTerminated {
+        id: AgreementId,
+        end_epoch: u64,
+    },
+    PaymentRedeemed {
+        id: AgreementId,
+    },
+    /// Our withdrawable credits changed (read from the contract after a block that touched them).
+    Credits {
+        amount: Wei,
+    },
+}
+
+/// Everything that can happen to the core.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// The registration as read from the contract (at start-up and after a deep reorg).
+    RegistrationRead(Registration),
+    /// A confirmed log concerning us.
+    Chain(ChainEvent),
+    /// The follower has processed every confirmed block up to `block`, whose timestamp is
+    /// `timestamp`: the chain's clock.
+    Synced { block: u64, timestamp: u64 },
+    /// A transaction for `key` was mined in `block` (successfully or reverted).
+    TxMined { key: String, block: u64, success: bool },
+    /// A transaction for `key` could not be sent at all (signing or a permanent RPC refusal);
+    /// nothing is on chain. It will be decided again after `retry_at` (chain time).
+    TxAbandoned { key: String, reason: String, retry_at: u64 },
+    /// The operator's goal changed (config reload, `zeppelin leave`).
+    GoalChanged(Goal),
+}
+
+/// What the shell must do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Sign and send this transaction; report `TxMined` or `TxAbandoned` for its key.
+    Send(Intent),
+}
+
+/// The state of an intent between the decision and its observed effect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum InFlight {
+    /// Handed to the shell; no receipt yet.
+    Sent,
+    /// Mined in this block; the effect is visible once the follower has processed it.
+    Mined { block: u64, success: bool },
+    /// Refused or reverted: do not decide it again before `retry_at`.
+    Backoff { retry_at: u64 },
+}
+
+/// How long a reverted or refused intent waits before it is decided again (chain seconds).
+pub const RETRY_AFTER_SECS: u64 = 60;
+
+/// The daemon's state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    me: Address,
+    params: ProtocolParams,
+    goal: Goal,
+    registration: Registration,
+    agreements: BTreeMap<AgreementId, AgreementView>,
+    in_flight: BTreeMap<String, InFlight>,
+    credits: Wei,
+    synced_block: u64,
+    now: u64,
+    last_error: Option<String>,
+}
+
+impl Node {
+    /// A node that knows nothing of the chain yet.
+    pub fn new(me: Address, params: ProtocolParams, goal: Goal) -> Self {
+        Node {
+            me,
+            params,
+            goal,
+            registration: Registration::Unknown,
+            agreements: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            credits: 0,
+            synced_block: 0,
+            now: 0,
+            last_error: None,
+        }
+    }
+
+    pub fn address(&self) -> Address {
+        self.me
+    }
+    pub fn goal(&self) -> Goal {
+        self.goal
+    }
+    pub fn registration(&self) -> Registration {
+        self.registration
+    }
+    pub fn agreements(&self) -> impl Iterator<Item = &AgreementView> {
+        self.agreements.values()
+    }
+    pub fn credits(&self) -> Wei {
+        self.credits
+    }
+    pub fn synced_block(&self) -> u64 {
+        self.synced_block
+    }
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+    /// Keys of the transactions decided and not yet seen settled.
+    pub fn in_flight(&self) -> impl Iterator<Item = &str> {
+        self.in_flight.keys().map(String::as_str)
+    }
+    /// Open agreements in which we are the worker (they hold our slots).
+    pub fn running_as_worker(&self) -> usize {
+        self.agreements.values().filter(|a| a.role == Role::Worker && a.stage.is_open()).count()
+    }
+
+    /// Feeds one event; returns the transactions to send.
+    pub fn on_event(&mut self, event: Event) -> Vec<Action> {
+        match event {
+            Event::RegistrationRead(registration) => self.registration = registration,
+            Event::Chain(event) => self.apply(event),
+            Event::Synced { block, timestamp } => {
+                self.synced_block = self.synced_block.max(block);
+                self.now = self.now.max(timestamp);
+                // Intents mined at or before this block have had their effect applied.
+                self.in_flight.retain(|_, state| match *state {
+                    InFlight::Mined { block: mined, success: true } => mined > block,
+                    InFlight::Mined { block: mined, success: false } => {
+                        if mined <= block {
+                            // Reverted: the chain state now says why. Decide again only after a
+                            // pause, so a persistent refusal (say, too little stake) cannot spin.
+                            *state = InFlight::Backoff { retry_at: timestamp + RETRY_AFTER_SECS };
+                        }
+                        true
+                    }
+                    InFlight::Backoff { retry_at } => retry_at > timestamp,
+                    InFlight::Sent => true,
+                });
+            }
+            Event::TxMined { key, block, success } => {
+                if let Some(state) = self.in_flight.get_mut(&key) {
+                    *state = InFlight::Mined { block, success };
+                }
+                if !success {
+                    self.last_error = Some(format!("transaction {key} reverted in block {block}"));
+                }
+            }
+            Event::TxAbandoned { key, reason, retry_at } => {
+                self.in_flight.insert(key.clone(), InFlight::Backoff { retry_at });
+                self.last_error = Some(format!("transaction {key} not sent: {reason}"));
+            }
+            Event::GoalChanged(goal) => self.goal = goal,
+        }
+        self.decide()
+    }
+
+    fn apply(&mut self, event: ChainEvent) {
+        use ChainEvent::*;
+        let me = self.me;
+        match event {
+            WorkerRegistered { worker, stake, terms } if worker == me => {
+                self.registration = Registration::Active { terms, stake };
+            }
+            WorkerUpdated { worker, terms: new } if worker == me => match &mut self.registration {
+                Registration::Active { terms, .. } | Registration::Paused { terms, .. } => *terms = new,
+                _ => {}
+            },
+            WorkerPaused { worker } if worker == me => {
+                if let Registration::Active { terms, stake } = self.registration {
+                    self.registration = Registration::Paused { terms, stake };
+                }
+            }
+            WorkerResumed { worker } if worker == me => {
+                if let Registration::Paused { terms, stake } = self.registration {
+                    self.registration = Registration::Active { terms, stake };
+                }
+            }
+            StakeChanged { worker, stake: new } if worker == me => match &mut self.registration {
+                Registration::Active { stake, .. }
+                | Registration::Paused { stake, .. }
+                | Registration::Leaving { stake, .. } => *stake = new,
+                _ => {}
+            },
+            LeaveRequested { worker, unbond_at } if worker == me => {
+                let stake = match self.registration {
+                    Registration::Active { stake, .. } | Registration::Paused { stake, .. } => stake,
+                    _ => 0,
+                };
+                self.registration = Registration::Leaving { stake, unbond_at };
+            }
+            StakeWithdrawn { worker } if worker == me => self.registration = Registration::NotRegistered,
+            AgreementCreated { id, client, worker, price_per_second, duration, accept_deadline }
+                if worker == me =>
+            {
+                self.agreements.insert(
+                    id,
+                    AgreementView {
+                        id,
+                        role: Role::Worker,
+                        client,
+                        worker,
+                        price_per_second,
+                        duration,
+                        stage: Stage::Created { accept_deadline },
+                    },
+                );
+            }
+            VerifierAssigned { id, verifier, worker } if verifier == me => {
+                self.agreements.entry(id).or_insert(AgreementView {
+                    id,
+                    role: Role::Verifier,
+                    client: Address::default(),
+                    worker,
+                    price_per_second: 0,
+                    duration: 0,
+                    stage: Stage::Created { accept_deadline: 0 },
+                });
+            }
+            AgreementAccepted { id, ready_deadline } => {
+                self.set_stage(id, Stage::Accepted { ready_deadline })
+            }
+            AgreementCancelled { id } => self.set_stage(id, Stage::Cancelled),
+            AgreementAborted { id } => self.set_stage(id, Stage::Aborted),
+            AgreementStarted { id, started_at, epochs } => {
+                self.set_stage(id, Stage::Running { started_at, epochs })
+            }
+            AgreementTerminated { id, end_epoch } => {
+                if let Some(a) = self.agreements.get_mut(&id) {
+                    let started_at = match a.stage {
+                        Stage::Running { started_at, .. } => started_at,
+                        _ => 0,
+                    };
+                    a.stage = Stage::Terminated { started_at, end_epoch };
+                }
+            }
+            PaymentRedeemed { id } => self.set_stage(id, Stage::Finished),
+            Credits { amount } => self.credits = amount,
+            // Events about other workers (the follower should not deliver them).
+            _ => {}
+        }
+    }
+
+    fn set_stage(&mut self, id: AgreementId, stage: Stage) {
+        if let Some(a) = self.agreements.get_mut(&id) {
+            a.stage = stage;
+        }
+    }
+
+    /// The reconciliation: every rule that turns state into a transaction.
+    fn decide(&mut self) -> Vec<Action> {
+        let mut intents = Vec::new();
+        if self.registration != Registration::Unknown {
+            self.decide_registration(&mut intents);
+        }
+        self.decide_agreements(&mut intents);
+        if self.credits > 0 {
+            intents.push(Intent::Withdraw);
+        }
+        let mut actions = Vec::new();
+        for intent in intents {
+            let key = intent.key();
+            if self.in_flight.contains_key(&key) {
+                continue;
+            }
+            self.in_flight.insert(key, InFlight::Sent);
+            actions.push(Action::Send(intent));
+        }
+        actions
+    }
+
+    fn decide_registration(&self, out: &mut Vec<Intent>) {
+        let goal_terms = match self.goal {
+            Goal::Serve { terms, stake } | Goal::Pause { terms, stake } => Some((terms, stake)),
+            Goal::Leave => None,
+        };
+        match (self.registration, goal_terms) {
+            (Registration::NotRegistered, Some((terms, stake))) => {
+                out.push(Intent::Register { terms, stake: stake.max(self.params.min_stake) })
+            }
+            (
+                Registration::Active { terms, stake } | Registration::Paused { terms, stake },
+                Some((want, want_stake)),
+            ) => {
+                if terms != want {
+                    out.push(Intent::Update { terms: want });
+                }
+                if stake < want_stake.max(self.params.min_stake) {
+                    out.push(Intent::AddStake { amount: want_stake.max(self.params.min_stake) - stake });
+                }
+                let paused = matches!(self.registration, Registration::Paused { .. });
+                match self.goal {
+                    Goal::Serve { .. } if paused => out.push(Intent::Resume),
+                    Goal::Pause { .. } if !paused => out.push(Intent::Pause),
+                    _ => {}
+                }
+            }
+            (Registration::Active { .. } | Registration::Paused { .. }, None) => {
+                out.push(Intent::RequestLeave)
+            }
+            (Registration::Leaving { unbond_at, .. }, None) => {
+                if self.now >= unbond_at && self.running_as_worker() == 0 {
+                    out.push(Intent::WithdrawStake);
+                }
+            }
+            // Leaving while the goal is to serve again: the contract has no way back but to
+            // finish leaving and register anew.
+            (Registration::Leaving { unbond_at, .. }, Some(_)) => {
+                if self.now >= unbond_at && self.running_as_worker() == 0 {
+                    out.push(Intent::WithdrawStake);
+                }
+            }
+            (Registration::NotRegistered, None) | (Registration::Unknown, _) => {}
+        }
+    }
+
+    fn decide_agreements(&self, out: &mut Vec<Intent>) {
+        let p = self.params;
+        // Slots in use by agreements already accepted or running.
+        let offered_slots = match self.goal {
+            Goal::Serve { terms, .. } | Goal::Pause { terms, .. } => terms.slots as usize,
+            Goal::Leave => 0,
+        };
+        let mut committed = self
+            .agreements
+            .values()
+            .filter(|a| {
+                a.role == Role::Worker
+                    && matches!(
+                        a.stage,
+                        Stage::Accepted { .. } | Stage::Running { .. } | Stage::Terminated { .. }
+                    )
+            })
+            .count();
+        for a in self.agreements.values().filter(|a| a.role == Role::Worker) {
+            match a.stage {
+                Stage::Created { accept_deadline } if self.now < accept_deadline => {
+                    if committed < offered_slots && matches!(self.goal, Goal::Serve { .. }) {
+                        committed += 1;
+                        out.push(Intent::Accept(a.id));
+                    } else {
+                        out.push(Intent::Decline(a.id));
+                    }
+                }
+                // Accepted but never declared ready (no image, or it would not run): close it
+                // so the slot is not held forever; the contract splits the cost.
+                Stage::Accepted { ready_deadline } if self.now >= ready_deadline => {
+                    out.push(Intent::Abort(a.id))
+                }
+                Stage::Running { started_at, epochs }
+                    if self.now >= started_at + epochs * p.epoch_length + p.report_grace =>
+                {
+                    out.push(Intent::Redeem(a.id))
+                }
+                Stage::Terminated { started_at, end_epoch }
+                    if self.now >= started_at + end_epoch * p.epoch_length + p.report_grace =>
+                {
+                    out.push(Intent::Redeem(a.id))
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::types::Arch;
+
+    const ME: Address = Address([0xaa; 20]);
+    const CLIENT: Address = Address([0xcc; 20]);
+    const OTHER: Address = Address([0x77; 20]);
+    const ETH: Wei = 1_000_000_000_000_000_000;
+
+    fn params() -> ProtocolParams {
+        ProtocolParams {
+            min_stake: ETH,
+            accept_window: 60,
+            ready_window: 300,
+            epoch_length: 30,
+            report_grace: 15,
+        }
+    }
+
+    fn terms() -> Terms {
+        Terms {
+            arch: Arch::Arm64,
+            cpu_millis: 4000,
+            memory_mib: 3800,
+            disk_mib: 20_000,
+            price_per_second: 1_000_000_000,
+            max_duration_secs: 86_400,
+            slots: 1,
+            encryption_key: [7; 32],
+        }
+    }
+
+    fn serving() -> Node {
+        Node::new(ME, params(), Goal::Serve { terms: terms(), stake: ETH })
+    }
+
+    fn registered() -> Node {
+        let mut node = serving();
+        node.on_event(Event::RegistrationRead(Registration::Active { terms: terms(), stake: ETH }));
+        node
+    }
+
+    fn sends(actions: &[Action]) -> Vec<Intent> {
+        actions.iter().map(|Action::Send(i)| i.clone()).collect()
+    }
+
+    fn created(id: AgreementId, worker: Address, accept_deadline: u64) -> Event {
+        Event::Chain(ChainEvent::AgreementCreated {
+            id,
+            client: CLIENT,
+            worker,
+            price_per_second: 1_000_000_000,
+            duration: 90,
+            accept_deadline,
+        })
+    }
+
+    #[test]
+    fn nothing_is_decided_before_the_registration_is_read() {
+        let mut node = serving();
+        assert!(node.on_event(Event::Synced { block: 1, timestamp: 10 }).is_empty());
+    }
+
+    #[test]
+    fn an_unregistered_worker_registers_once_with_at_least_the_minimum_stake() {
+        let mut node = Node::new(ME, params(), Goal::Serve { terms: terms(), stake: 1 });
+        let actions = node.on_event(Event::RegistrationRead(Registration::NotRegistered));
+        assert_eq!(sends(&actions), vec![Intent::Register { terms: terms(), stake: ETH }]);
+        // Blocks pass without the registration showing: still in flight, never sent again.
+        assert!(node.on_event(Event::Synced { block: 5, timestamp: 50 }).is_empty());
+        assert!(node.on_event(Event::TxMined { key: "register".into(), block: 6, success: true }).is_empty());
+        // The receipt came before the follower reached block 6: still nothing new.
+        assert!(node.on_event(Event::Synced { block: 5, timestamp: 55 }).is_empty());
+        node.on_event(Event::Chain(ChainEvent::WorkerRegistered { worker: ME, stake: ETH, terms: terms() }));
+        assert!(node.on_event(Event::Synced { block: 6, timestamp: 60 }).is_empty());
+        assert_eq!(node.in_flight().count(), 0);
+        assert_eq!(node.registration(), Registration::Active { terms: terms(), stake: ETH });
+    }
+
+    #[test]
+    fn a_reverted_registration_is_retried_only_after_the_backoff() {
+        let mut node = serving();
+        node.on_event(Event::RegistrationRead(Registration::NotRegistered));
+        node.on_event(Event::TxMined { key: "register".into(), block: 3, success: false });
+        assert!(node.last_error().unwrap().contains("register reverted"));
+        assert!(node.on_event(Event::Synced { block: 3, timestamp: 100 }).is_empty());
+        assert!(node.on_event(Event::Synced { block: 4, timestamp: 100 + RETRY_AFTER_SECS - 1 }).is_empty());
+        let again = node.on_event(Event::Synced { block: 5, timestamp: 100 + RETRY_AFTER_SECS });
+        assert_eq!(sends(&again), vec![Intent::Register { terms: terms(), stake: ETH }]);
+    }
+
+    #[test]
+    fn changed_terms_update_the_registration_and_equal_terms_do_nothing() {
+        let mut node = registered();
+        assert!(node.on_event(Event::GoalChanged(Goal::Serve { terms: terms(), stake: ETH })).is_empty());
+        let cheaper = Terms { price_per_second: 500, ..terms() };
+        let actions = node.on_event(Event::GoalChanged(Goal::Serve { terms: cheaper, stake: ETH }));
+        assert_eq!(sends(&actions), vec![Intent::Update { terms: cheaper }]);
+        node.on_event(Event::TxMined { key: "update".into(), block: 2, success: true });
+        node.on_event(Event::Chain(ChainEvent::WorkerUpdated { worker: ME, terms: cheaper }));
+        assert!(node.on_event(Event::Synced { block: 2, timestamp: 20 }).is_empty());
+    }
+
+    #[test]
+    fn a_stake_below_the_goal_is_topped_up() {
+        let mut node = registered();
+        let actions = node.on_event(Event::Chain(ChainEvent::StakeChanged { worker: ME, stake: ETH / 4 }));
+        assert_eq!(sends(&actions), vec![Intent::AddStake { amount: ETH - ETH / 4 }]);
+    }
+
+    #[test]
+    fn pause_and_resume_follow_the_goal() {
+        let mut node = registered();
+        let actions = node.on_event(Event::GoalChanged(Goal::Pause { terms: terms(), stake: ETH }));
+        assert_eq!(sends(&actions), vec![Intent::Pause]);
+        node.on_event(Event::TxMined { key: "pause".into(), block: 2, success: true });
+        node.on_event(Event::Chain(ChainEvent::WorkerPaused { worker: ME }));
+        node.on_event(Event::Synced { block: 2, timestamp: 20 });
+        let actions = node.on_event(Event::GoalChanged(Goal::Serve { terms: terms(), stake: ETH }));
+        assert_eq!(sends(&actions), vec![Intent::Resume]);
+    }
+
+    #[test]
+    fn leaving_waits_for_the_unbonding_delay_and_the_running_agreements() {
+        let mut node = registered();
+        node.on_event(Event::Synced { block: 1, timestamp: 100 });
+        // An offer answered just before the goal changes is not answered twice.
+        assert_eq!(sends(&node.on_event(created(1, ME, 160))), vec![Intent::Accept(1)]);
+        let actions = node.on_event(Event::GoalChanged(Goal::Leave));
+        assert_eq!(sends(&actions), vec![Intent::RequestLeave]);
+        node.on_event(Event::TxMined { key: "request-leave".into(), block: 2, success: true });
+        node.on_event(Event::Chain(ChainEvent::LeaveRequested { worker: ME, unbond_at: 300 }));
+        node.on_event(Event::Synced { block: 2, timestamp: 110 });
+        // The open agreement and the unbonding delay both hold the stake back.
+        assert!(
+            node.on_event(Event::Synced { block: 3, timestamp: 400 })
+                .iter()
+                .all(|a| !matches!(a, Action::Send(Intent::WithdrawStake)))
+        );
+        let actions = node.on_event(Event::Chain(ChainEvent::AgreementCancelled { id: 1 }));
+        assert_eq!(sends(&actions), vec![Intent::WithdrawStake]);
+    }
+
+    #[test]
+    fn the_worker_accepts_within_its_slots_and_declines_beyond_them() {
+        let mut node = registered();
+        node.on_event(Event::Synced { block: 1, timestamp: 100 });
+        assert_eq!(sends(&node.on_event(created(1, ME, 160))), vec![Intent::Accept(1)]);
+        node.on_event(Event::Chain(ChainEvent::AgreementAccepted { id: 1, ready_deadline: 400 }));
+        // One slot, taken: a second draw (a race with our own accept) is declined.
+        assert_eq!(sends(&node.on_event(created(2, ME, 170))), vec![Intent::Decline(2)]);
+    }
+
+    #[test]
+    fn agreements_of_other_workers_are_ignored_and_expired_offers_left_alone() {
+        let mut node = registered();
+        node.on_event(Event::Synced { block: 1, timestamp: 500 });
+        assert!(node.on_event(created(1, OTHER, 560)).is_empty());
+        assert_eq!(node.agreements().count(), 0);
+        // Past its accept deadline: nothing to send (the client cancels it).
+        assert!(node.on_event(created(2, ME, 400)).is_empty());
+    }
+
+    #[test]
+    fn an_agreement_never_made_ready_is_aborted_after_the_ready_window() {
+        let mut node = registered();
+        node.on_event(Event::Synced { block: 1, timestamp: 100 });
+        node.on_event(created(1, ME, 160));
+        node.on_event(Event::Chain(ChainEvent::AgreementAccepted { id: 1, ready_deadline: 400 }));
+        assert!(node.on_event(Event::Synced { block: 2, timestamp: 399 }).is_empty());
+        assert_eq!(sends(&node.on_event(Event::Synced { block: 3, timestamp: 400 })), vec![Intent::Abort(1)]);
+    }
+
+    #[test]
+    fn a_finished_agreement_is_redeemed_once_and_the_credits_withdrawn() {
+        let mut node = registered();
+        node.on_event(created(1, ME, 160));
+        node.on_event(Event::Chain(ChainEvent::AgreementStarted { id: 1, started_at: 200, epochs: 3 }));
+        // Last epoch ends at 290, its reporting window at 305.
+        assert!(node.on_event(Event::Synced { block: 9, timestamp: 304 }).is_empty());
+        assert_eq!(
+            sends(&node.on_event(Event::Synced { block: 10, timestamp: 305 })),
+            vec![Intent::Redeem(1)]
+        );
+        assert!(node.on_event(Event::Synced { block: 11, timestamp: 306 }).is_empty());
+        node.on_event(Event::TxMined { key: "redeem:1".into(), block: 12, success: true });
+        node.on_event(Event::Chain(ChainEvent::PaymentRedeemed { id: 1 }));
+        assert_eq!(
+            sends(&node.on_event(Event::Chain(ChainEvent::Credits { amount: 90 }))),
+            vec![Intent::Withdraw]
+        );
+        node.on_event(Event::Synced { block: 12, timestamp: 310 });
+        assert_eq!(node.agreements().next().unwrap().stage, Stage::Finished);
+        assert!(node.in_flight().all(|k| k != "redeem:1"), "{:?}", node.in_flight().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_verifier_assignment_is_tracked_with_its_role() {
+        let mut node = registered();
+        node.on_event(Event::Chain(ChainEvent::VerifierAssigned { id: 4, verifier: ME, worker: OTHER }));
+        let a = node.agreements().next().unwrap();
+        assert_eq!((a.id, a.role, a.worker), (4, Role::Verifier, OTHER));
+        // The worker's lifecycle is not ours to drive.
+        node.on_event(Event::Chain(ChainEvent::AgreementAccepted { id: 4, ready_deadline: 10 }));
+        assert!(node.on_event(Event::Synced { block: 2, timestamp: 1000 }).is_empty());
+    }
+
+    #[test]
+    fn the_same_events_give_the_same_state() {
+        let events = vec![
+            Event::RegistrationRead(Registration::NotRegistered),
+            Event::TxMined { key: "register".into(), block: 2, success: true },
+            Event::Chain(ChainEvent::WorkerRegistered { worker: ME, stake: ETH, terms: terms() }),
+            Event::Synced { block: 2, timestamp: 20 },
+            created(1, ME, 80),
+        ];
+        let (mut a, mut b) = (serving(), serving());
+        let out_a: Vec<_> = events.iter().cloned().flat_map(|e| a.on_event(e)).collect();
+        let out_b: Vec<_> = events.into_iter().flat_map(|e| b.on_event(e)).collect();
+        assert_eq!(out_a, out_b);
+        assert_eq!(a, b);
+    }
+}
