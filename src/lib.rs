@@ -33,6 +33,7 @@
 //!   (events in, transactions out; no I/O, no clock).
 //! - [`dev`]: `zeppelin dev`, the local marketplace behind the README's main command.
 //! - [`logging`]: tracing subscriber set-up (text or journald format).
+//! - [`store`]: trait `Store`; the embedded database (redb) holding the daemon's snapshot.
 //! - [`tls`]: the one TLS policy: rustls with `ring`.
 //! - [`version`]: version, git revision and target triple.
 //!
@@ -48,5 +49,6 @@ pub mod cli;
 pub mod core;
 pub mod dev;
 pub mod logging;
+pub mod store;
 pub mod tls;
 pub mod version;
