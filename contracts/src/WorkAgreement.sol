@@ -36,7 +36,8 @@ library WorkAgreement {
         uint40 createdAt;
         // slot 1
         address worker;
-        uint80 pricePerSecond;
+        uint80 pricePerSecond; // the worker's price: what it earns per served second
+        uint16 priceCode; // the class's price code: the escrow holds its ceiling per second
         // slot 2
         bytes32 termsHash;
         // slot 3 (zero at creation, written by accept and ready)

@@ -377,9 +377,8 @@ contract WorkerDispatcher {
     /// @notice Buy an agreement: draws a worker uniformly from `req.workerClass` and
     /// `verifierCount` distinct verifiers uniformly from all active workers (neither the worker
     /// nor the caller), and escrows the pay plus the verifiers' fees. `msg.value` must equal
-    /// `quote(...)`: the worker's price per second times `duration`, plus
-    /// `verifierCount * epochs * verifierFee`; as the worker is drawn on chain, call with the
-    /// class's price ceiling in mind or use `quote` in the same block.
+    /// `quote(req.workerClass, duration, verifierCount)`: the class's price ceiling per second
+    /// times `duration`, plus `verifierCount * epochs * verifierFee`.
     /// @param req Requirements and the class to draw from (must dominate them).
     /// @param duration Seconds; a positive multiple of the epoch length, at most maxEpochs epochs.
     /// @param maxPricePerSecond Highest acceptable price; the class's ceiling must not exceed it.
@@ -399,9 +398,13 @@ contract WorkerDispatcher {
         WorkAgreement.Record storage a = _agreements[id];
         address worker = _drawWorker(a, id, req.workerClass);
         {
-            uint256 escrow = a.pricePerSecond * duration + verifierCount * epochs * VERIFIER_FEE;
+            // The worker is drawn here, so the client cannot know its exact price: it escrows the
+            // class's price ceiling, and gets the difference back at settlement.
+            uint256 escrow = WorkerClass.priceCeiling(uint16(req.workerClass)) * duration
+                + verifierCount * epochs * VERIFIER_FEE;
             if (msg.value != escrow) revert WrongPayment(escrow);
         }
+        a.priceCode = uint16(req.workerClass);
         a.client = msg.sender;
         a.state = WorkAgreement.State.Created;
         a.verifierCount = uint8(verifierCount);
@@ -843,16 +846,19 @@ contract WorkerDispatcher {
         return (uint8(l), uint8(l >> 8), WorkAgreement.outcome(l));
     }
 
-    /// @notice The escrow `buyContract` needs if the worker drawn asks `pricePerSecond`.
-    /// @param pricePerSecond The worker's price.
+    /// @notice The exact `msg.value` `buyContract` takes: the class's price ceiling times
+    /// `duration`, plus `verifierCount` fees per epoch. What the drawn worker does not earn
+    /// (its price below the ceiling, unserved epochs, unreported fees) comes back at settlement.
+    /// @param workerClass The class drawn from.
     /// @param duration Seconds.
     /// @param verifierCount Verifiers.
-    function quote(uint256 pricePerSecond, uint256 duration, uint256 verifierCount)
+    function quote(uint64 workerClass, uint256 duration, uint256 verifierCount)
         external
         view
         returns (uint256)
     {
-        return pricePerSecond * duration + verifierCount * (duration / EPOCH_LENGTH) * VERIFIER_FEE;
+        return WorkerClass.priceCeiling(uint16(workerClass)) * duration + verifierCount
+            * (duration / EPOCH_LENGTH) * VERIFIER_FEE;
     }
 
     /// @notice The class key a worker with these capabilities is listed under.
@@ -920,8 +926,8 @@ contract WorkerDispatcher {
 
     function _escrowOf(WorkAgreement.Record storage a) internal view returns (uint256) {
         uint256 epochs = a.epochs;
-        return uint256(a.pricePerSecond) * epochs * EPOCH_LENGTH + uint256(a.verifierCount) * epochs
-            * VERIFIER_FEE;
+        return WorkerClass.priceCeiling(a.priceCode) * epochs * EPOCH_LENGTH
+            + uint256(a.verifierCount) * epochs * VERIFIER_FEE;
     }
 
     function _isParty(uint256 id, WorkAgreement.Record storage a, address who)

@@ -1112,6 +1112,33 @@ contract WorkerDispatcherTest is DispatcherFixture {
         _assertSolvent();
     }
 
+    function test_RedeemPayment_RefundsPriceBelowClassCeiling() public {
+        // a cheaper worker in a class whose ceiling is PRICE: the client escrows the ceiling
+        // and gets the difference back
+        WorkerDispatcher.Capabilities memory c = _caps();
+        c.arch = 4;
+        c.pricePerSecond = PRICE - 1000;
+        assertEq(_class(c) & 0xffff, _class(_caps()) & 0xffff, "same price code");
+        address cheap = makeAddr("cheap");
+        _register(cheap, c);
+        workers.push(cheap);
+        WorkerDispatcher.Requirements memory r = _req(c);
+        uint256 value = d.quote(r.workerClass, 2 * EPOCH, 1);
+        assertEq(value, _escrow(PRICE, 2 * EPOCH, 1));
+        vm.prank(client);
+        uint256 id = d.buyContract{value: value}(r, 2 * EPOCH, PRICE, 1, _work());
+        assertEq(_agreement(id).pricePerSecond, PRICE - 1000);
+        _accept(id);
+        _ready(id);
+        _reportAll(id, 0, true);
+        _reportAll(id, 1, true);
+        vm.warp(uint256(_agreement(id).startedAt) + 2 * EPOCH + GRACE);
+        d.redeemPayment(id);
+        assertEq(d.credits(cheap), 2 * uint256(EPOCH) * (PRICE - 1000));
+        assertEq(d.credits(client), 2 * uint256(EPOCH) * 1000);
+        _assertSolvent();
+    }
+
     function test_RedeemPayment_SlashCappedAtStake() public {
         uint256 id = _running(30, 1);
         for (uint256 e; e < 30; ++e) {
@@ -1321,7 +1348,7 @@ contract WorkerDispatcherTest is DispatcherFixture {
     //////////////////////////////////////////////////////////////*/
 
     function test_Views() public {
-        assertEq(d.quote(PRICE, 3 * EPOCH, 2), _escrow(PRICE, 3 * EPOCH, 2));
+        assertEq(d.quote(_class(_caps()), 3 * EPOCH, 2), _escrow(PRICE, 3 * EPOCH, 2));
         WorkerDispatcher.Requirements memory r = _req(_caps());
         assertTrue(d.classSatisfies(r, EPOCH, PRICE));
         assertFalse(d.classSatisfies(r, EPOCH, PRICE - 1));

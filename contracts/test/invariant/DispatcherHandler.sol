@@ -42,7 +42,7 @@ contract DispatcherHandler is Test {
             actors.push(w);
             vm.deal(w, 100 ether);
             vm.prank(w);
-            d.registerWorker{value: minStake}(_caps(2));
+            d.registerWorker{value: minStake}(_caps(2, i));
             ghostIn += minStake;
         }
         for (uint256 i; i < 2; ++i) {
@@ -60,12 +60,18 @@ contract DispatcherHandler is Test {
         return ids.length;
     }
 
-    function _caps(uint8 slots) internal pure returns (WorkerDispatcher.Capabilities memory c) {
+    /// @dev Worker `i` asks a little less than the class ceiling (same class for every i < 8),
+    /// so settlements also refund the ceiling's excess.
+    function _caps(uint8 slots, uint256 i)
+        internal
+        pure
+        returns (WorkerDispatcher.Capabilities memory c)
+    {
         c.arch = 2;
         c.cpuMillis = 4000;
         c.memoryMiB = 4096;
         c.diskMiB = 32_768;
-        c.pricePerSecond = PRICE;
+        c.pricePerSecond = uint80(PRICE - (i % 8) * 1000);
         c.maxDuration = 30 days;
         c.slots = slots;
         c.encryptionKey = keccak256("k");
@@ -109,8 +115,8 @@ contract DispatcherHandler is Test {
     }
 
     function _escrow(WorkAgreement.Record memory a) internal view returns (uint256) {
-        return uint256(a.pricePerSecond) * a.epochs * epochLength + uint256(a.verifierCount)
-            * a.epochs * fee;
+        return WorkerClass.priceCeiling(a.priceCode) * a.epochs * epochLength
+            + uint256(a.verifierCount) * a.epochs * fee;
     }
 
     function _creditsOfParties(uint256 id) internal view returns (uint256 total) {
@@ -141,7 +147,7 @@ contract DispatcherHandler is Test {
         epochs = bound(epochs, 1, 6);
         verifiers = bound(verifiers, 1, 3);
         vm.prevrandao(rand);
-        WorkerDispatcher.Capabilities memory caps = _caps(2);
+        WorkerDispatcher.Capabilities memory caps = _caps(2, 0);
         WorkerDispatcher.Requirements memory r = WorkerDispatcher.Requirements({
             workerClass: WorkerClass.classOf(
                 caps.arch, caps.cpuMillis, caps.memoryMiB, caps.diskMiB, caps.maxDuration, PRICE
@@ -152,7 +158,7 @@ contract DispatcherHandler is Test {
             diskMiB: 1000
         });
         uint256 duration = epochs * epochLength;
-        uint256 value = d.quote(PRICE, duration, verifiers);
+        uint256 value = d.quote(r.workerClass, duration, verifiers);
         WorkerDispatcher.WorkCommitment memory w;
         vm.prank(c);
         try d.buyContract{value: value}(r, duration, PRICE, verifiers, w) returns (uint256 id) {
@@ -360,7 +366,7 @@ contract DispatcherHandler is Test {
                 if (d.credits(w) < stake) _violation("stake not credited");
             } catch {}
         } else if (s == WorkerDispatcher.Status.None) {
-            try d.registerWorker{value: minStake}(_caps(2)) {
+            try d.registerWorker{value: minStake}(_caps(2, who)) {
                 ghostIn += minStake;
                 _hit("register");
             } catch {}

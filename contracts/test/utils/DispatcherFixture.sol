@@ -163,8 +163,8 @@ abstract contract DispatcherFixture is Test {
                 a.state != WorkAgreement.State.Finished && a.state != WorkAgreement.State.Cancelled
                     && a.state != WorkAgreement.State.Aborted
             ) {
-                total += uint256(a.pricePerSecond) * a.epochs * EPOCH + uint256(a.verifierCount)
-                * a.epochs * VERIFIER_FEE;
+                total += WorkerClass.priceCeiling(a.priceCode) * a.epochs * EPOCH
+                + uint256(a.verifierCount) * a.epochs * VERIFIER_FEE;
             }
         }
     }
