@@ -436,9 +436,11 @@ contract WorkerDispatcher {
         );
     }
 
-    /// @dev The selection seed of agreement `id` (see README: randomness and its bias).
+    /// @dev The selection seed of agreement `id` (README: "Randomness and its bias"). The caller's
+    /// address is deliberately left out: with it, a client could grind fresh addresses off chain
+    /// until the draw named the verifiers it wanted, at no cost.
     function _seed(uint256 id) internal view returns (uint256) {
-        return uint256(keccak256(abi.encode(block.prevrandao, id, msg.sender)));
+        return uint256(keccak256(abi.encode(block.prevrandao, id)));
     }
 
     /// @dev Validates the terms of a buy; returns the number of epochs.

@@ -1347,6 +1347,27 @@ contract WorkerDispatcherTest is DispatcherFixture {
                                   VIEWS
     //////////////////////////////////////////////////////////////*/
 
+    function test_ClassOf_MatchesLibrary() public view {
+        WorkerDispatcher.Capabilities memory c = _caps();
+        assertEq(d.classOf(c), _class(c));
+        assertEq(d.getWorker(workers[0]).class, _class(c));
+    }
+
+    function test_BuyContract_DrawDoesNotDependOnCaller() public {
+        // the same block and id give the same draw whoever buys: no grinding over addresses
+        address other = makeAddr("other client");
+        vm.deal(other, 100 ether);
+        vm.prevrandao(uint256(7));
+        uint256 snap = vm.snapshotState();
+        uint256 id = _buy(client, 1, 2);
+        address w1 = _agreement(id).worker;
+        address[] memory v1 = _verifiers(id);
+        vm.revertToState(snap);
+        id = _buy(other, 1, 2);
+        assertEq(_agreement(id).worker, w1);
+        assertEq(abi.encode(_verifiers(id)), abi.encode(v1));
+    }
+
     function test_Views() public {
         assertEq(d.quote(_class(_caps()), 3 * EPOCH, 2), _escrow(PRICE, 3 * EPOCH, 2));
         WorkerDispatcher.Requirements memory r = _req(_caps());
