@@ -29,6 +29,7 @@
 //!
 //! - `main.rs`: thin entry: parse the command line, set up logging, map errors to an exit code.
 //! - [`cli`]: the subcommands; each one parses options and calls into the library.
+//! - [`config`]: `/etc/zeppelin/zeppelin.toml` -> validated `Config` (pure; `load` is thin I/O).
 //! - [`core`]: the pure state machine: registration reconciliation and the agreement lifecycle
 //!   (events in, transactions out; no I/O, no clock).
 //! - [`dev`]: `zeppelin dev`, the local marketplace behind the README's main command.
@@ -46,6 +47,7 @@
 
 pub mod chain;
 pub mod cli;
+pub mod config;
 pub mod core;
 pub mod dev;
 pub mod logging;
