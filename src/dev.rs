@@ -99,7 +99,7 @@ async fn start_chain(args: &DevArgs) -> anyhow::Result<AnvilInstance> {
 
 /// Protocol parameters for the local marketplace: short windows so a whole lifecycle takes
 /// minutes, small amounts so the dev accounts' 10,000 ETH go a long way.
-fn dev_params() -> WorkerDispatcher::Params {
+pub fn dev_params() -> WorkerDispatcher::Params {
     const MILLI_ETH: u128 = 1_000_000_000_000_000;
     WorkerDispatcher::Params {
         minStake: U96::from(1000 * MILLI_ETH),

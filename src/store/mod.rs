@@ -46,7 +46,8 @@ pub struct DbStore {
 impl DbStore {
     /// Opens (or creates) the database file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+        let db =
+            Database::create(path).map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
         Ok(DbStore { path: path.to_owned(), db })
     }
 
@@ -93,7 +94,8 @@ impl<T: Serialize + DeserializeOwned> Store<T> for MemStore {
     }
 
     fn save(&self, snapshot: &T) -> Result<(), StoreError> {
-        *self.snapshot.lock().expect("not poisoned") = Some(serde_json::to_vec(snapshot).expect("serializes"));
+        *self.snapshot.lock().expect("not poisoned") =
+            Some(serde_json::to_vec(snapshot).expect("serializes"));
         Ok(())
     }
 }

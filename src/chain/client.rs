@@ -1,0 +1,343 @@
+//! The `Chain` trait (what the daemon needs from an Ethereum node) and its alloy implementation.
+//!
+//! Every RPC the daemon makes goes through here, so the per-block cost is visible in one place:
+//! following the chain costs one `eth_blockNumber` per poll and, per new range of blocks, three
+//! `eth_getLogs` filtered on our own address (its topic position differs by event) plus one
+//! `eth_getBlockByNumber`. Nothing here asks about other workers, so the cost does not grow with
+//! the size of the market.
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use alloy::eips::{BlockId, BlockNumberOrTag, Encodable2718};
+use alloy::network::{EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
+use alloy::primitives::{Address as EthAddress, B256, Bytes, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::{Filter, TransactionRequest};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::SolCall;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use super::bindings::WorkerDispatcher::{self, WorkerDispatcherErrors};
+use super::decode;
+use crate::core::node::{ChainEvent, Intent, ProtocolParams};
+use crate::core::types::{Address, Wei};
+
+/// A block, as far as the follower cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRef {
+    pub number: u64,
+    pub hash: [u8; 32],
+    pub timestamp: u64,
+}
+
+/// A transaction signed and ready to broadcast.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedTx {
+    pub hash: [u8; 32],
+    /// EIP-2718 encoding, as `eth_sendRawTransaction` takes it.
+    pub raw: Vec<u8>,
+    pub nonce: u64,
+}
+
+/// Where a transaction ended up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub block: u64,
+    pub success: bool,
+    pub gas_used: u64,
+}
+
+/// An RPC failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The node could not be reached or answered garbage: worth retrying.
+    #[error("rpc {method} at {url}: {message}")]
+    Rpc { method: &'static str, url: String, message: String },
+    /// The transaction would revert: retrying the same call will not help.
+    #[error("{intent} would revert: {reason}")]
+    Revert { intent: String, reason: String },
+}
+
+/// What the daemon needs from the chain. One real implementation ([`AlloyChain`]); the
+/// integration tests run it against a real anvil.
+pub trait Chain {
+    fn chain_id(&self) -> impl Future<Output = Result<u64, ChainError>> + Send;
+    fn head(&self) -> impl Future<Output = Result<BlockRef, ChainError>> + Send;
+    fn block(&self, number: u64) -> impl Future<Output = Result<Option<BlockRef>, ChainError>> + Send;
+    /// The dispatcher's events that name `who` in blocks `from..=to`, in chain order.
+    fn events_for(
+        &self,
+        who: Address,
+        from: u64,
+        to: u64,
+    ) -> impl Future<Output = Result<Vec<ChainEvent>, ChainError>> + Send;
+    fn params(&self) -> impl Future<Output = Result<ProtocolParams, ChainError>> + Send;
+    /// `(stake, withdrawable credits)` of `who` as of block `at`.
+    fn stake_and_credits(
+        &self,
+        who: Address,
+        at: u64,
+    ) -> impl Future<Output = Result<(Wei, Wei), ChainError>> + Send;
+    fn balance(&self, who: Address) -> impl Future<Output = Result<Wei, ChainError>> + Send;
+    /// Transactions of `who` mined so far (the next nonce if none is pending).
+    fn mined_nonce(&self, who: Address) -> impl Future<Output = Result<u64, ChainError>> + Send;
+    /// Estimates, prices (EIP-1559) and signs `intent` with `nonce`. A call that would revert
+    /// is [`ChainError::Revert`], with the contract's custom error decoded.
+    fn sign(&self, intent: &Intent, nonce: u64) -> impl Future<Output = Result<SignedTx, ChainError>> + Send;
+    /// Broadcasts; a node that already has the transaction is not an error.
+    fn broadcast(&self, tx: &SignedTx) -> impl Future<Output = Result<(), ChainError>> + Send;
+    fn receipt(&self, hash: [u8; 32]) -> impl Future<Output = Result<Option<Receipt>, ChainError>> + Send;
+}
+
+/// RPC counters, for the metrics and the per-block cost figures.
+#[derive(Debug, Default)]
+pub struct RpcStats {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// [`Chain`] over alloy's HTTP provider, signing with the worker's key.
+#[derive(Clone)]
+pub struct AlloyChain {
+    provider: DynProvider,
+    url: String,
+    dispatcher: EthAddress,
+    signer: PrivateKeySigner,
+    max_fee_per_gas: Option<u128>,
+    stats: Arc<RpcStats>,
+}
+
+impl AlloyChain {
+    pub fn new(
+        rpc: Url,
+        dispatcher: EthAddress,
+        signer: PrivateKeySigner,
+        max_fee_per_gas: Option<u128>,
+    ) -> Self {
+        // reqwest's rustls has no built-in provider (see `tls`): make sure ring is installed.
+        crate::tls::install_crypto_provider();
+        let url = rpc.to_string();
+        let provider = ProviderBuilder::new().connect_http(rpc).erased();
+        AlloyChain { provider, url, dispatcher, signer, max_fee_per_gas, stats: Arc::default() }
+    }
+
+    pub fn stats(&self) -> Arc<RpcStats> {
+        self.stats.clone()
+    }
+
+    fn rpc_err(&self, method: &'static str, e: impl std::fmt::Display) -> ChainError {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        ChainError::Rpc { method, url: self.url.clone(), message: e.to_string() }
+    }
+
+    fn count(&self) {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn call(&self) -> WorkerDispatcher::WorkerDispatcherInstance<&DynProvider> {
+        WorkerDispatcher::new(self.dispatcher, &self.provider)
+    }
+
+    /// Calldata and value of an intent.
+    fn encode(intent: &Intent) -> (Vec<u8>, U256) {
+        use WorkerDispatcher as W;
+        let id = |id: &u64| U256::from(*id);
+        match intent {
+            Intent::Register { terms, stake } => {
+                (W::registerWorkerCall { caps: decode::capabilities(terms) }.abi_encode(), U256::from(*stake))
+            }
+            Intent::Update { terms } => {
+                (W::updateWorkerCall { caps: decode::capabilities(terms) }.abi_encode(), U256::ZERO)
+            }
+            Intent::AddStake { amount } => (W::addStakeCall {}.abi_encode(), U256::from(*amount)),
+            Intent::Pause => (W::pauseWorkerCall {}.abi_encode(), U256::ZERO),
+            Intent::Resume => (W::resumeWorkerCall {}.abi_encode(), U256::ZERO),
+            Intent::RequestLeave => (W::requestLeaveCall {}.abi_encode(), U256::ZERO),
+            Intent::WithdrawStake => (W::withdrawStakeCall {}.abi_encode(), U256::ZERO),
+            Intent::Accept(i) => (W::acceptAgreementCall { id: id(i) }.abi_encode(), U256::ZERO),
+            Intent::Decline(i) => (W::declineAgreementCall { id: id(i) }.abi_encode(), U256::ZERO),
+            Intent::Abort(i) => (W::abortAgreementCall { id: id(i) }.abi_encode(), U256::ZERO),
+            Intent::Redeem(i) => (W::redeemPaymentCall { id: id(i) }.abi_encode(), U256::ZERO),
+            Intent::Withdraw => (W::withdrawCall {}.abi_encode(), U256::ZERO),
+        }
+    }
+
+    fn block_ref(block: &alloy::rpc::types::Block) -> BlockRef {
+        BlockRef { number: block.header.number, hash: block.header.hash.0, timestamp: block.header.timestamp }
+    }
+}
+
+/// A topic holding an address.
+fn topic(a: Address) -> B256 {
+    B256::left_padding_from(&a.0)
+}
+
+impl Chain for AlloyChain {
+    async fn chain_id(&self) -> Result<u64, ChainError> {
+        self.count();
+        self.provider.get_chain_id().await.map_err(|e| self.rpc_err("eth_chainId", e))
+    }
+
+    async fn head(&self) -> Result<BlockRef, ChainError> {
+        self.count();
+        let block = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Latest)
+            .await
+            .map_err(|e| self.rpc_err("eth_getBlockByNumber", e))?
+            .ok_or_else(|| self.rpc_err("eth_getBlockByNumber", "no latest block"))?;
+        Ok(Self::block_ref(&block))
+    }
+
+    async fn block(&self, number: u64) -> Result<Option<BlockRef>, ChainError> {
+        self.count();
+        let block = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Number(number))
+            .await
+            .map_err(|e| self.rpc_err("eth_getBlockByNumber", e))?;
+        Ok(block.as_ref().map(Self::block_ref))
+    }
+
+    async fn events_for(&self, who: Address, from: u64, to: u64) -> Result<Vec<ChainEvent>, ChainError> {
+        let me = topic(who);
+        let base = Filter::new().address(self.dispatcher).from_block(from).to_block(to);
+        // Our address stands in topic 1 (worker events, withdrawals), topic 2 (verifier
+        // assignments, payments to verifiers) or topic 3 (agreements where we are the worker).
+        let filters = [base.clone().topic1(me), base.clone().topic2(me), base.topic3(me)];
+        let mut logs = Vec::new();
+        for filter in &filters {
+            self.count();
+            logs.extend(self.provider.get_logs(filter).await.map_err(|e| self.rpc_err("eth_getLogs", e))?);
+        }
+        logs.sort_by_key(|l| (l.block_number, l.log_index));
+        logs.dedup_by_key(|l| (l.block_number, l.log_index));
+        Ok(logs.iter().filter_map(|l| decode::chain_event(&l.inner)).collect())
+    }
+
+    async fn params(&self) -> Result<ProtocolParams, ChainError> {
+        self.count();
+        let p = self.call().params().call().await.map_err(|e| self.rpc_err("eth_call params", e))?;
+        Ok(decode::params(&p))
+    }
+
+    async fn stake_and_credits(&self, who: Address, at: u64) -> Result<(Wei, Wei), ChainError> {
+        let me = decode::eth_address(who);
+        let block = BlockId::number(at);
+        self.count();
+        let worker = self
+            .call()
+            .getWorker(me)
+            .block(block)
+            .call()
+            .await
+            .map_err(|e| self.rpc_err("eth_call getWorker", e))?;
+        self.count();
+        let credits = self
+            .call()
+            .credits(me)
+            .block(block)
+            .call()
+            .await
+            .map_err(|e| self.rpc_err("eth_call credits", e))?;
+        Ok((worker.stake.to::<u128>(), credits.try_into().unwrap_or(Wei::MAX)))
+    }
+
+    async fn balance(&self, who: Address) -> Result<Wei, ChainError> {
+        self.count();
+        let b = self
+            .provider
+            .get_balance(decode::eth_address(who))
+            .await
+            .map_err(|e| self.rpc_err("eth_getBalance", e))?;
+        Ok(b.try_into().unwrap_or(Wei::MAX))
+    }
+
+    async fn mined_nonce(&self, who: Address) -> Result<u64, ChainError> {
+        self.count();
+        self.provider
+            .get_transaction_count(decode::eth_address(who))
+            .latest()
+            .await
+            .map_err(|e| self.rpc_err("eth_getTransactionCount", e))
+    }
+
+    async fn sign(&self, intent: &Intent, nonce: u64) -> Result<SignedTx, ChainError> {
+        let (input, value) = Self::encode(intent);
+        let from = self.signer.address();
+        let request = TransactionRequest::default()
+            .with_from(from)
+            .with_to(self.dispatcher)
+            .with_input(Bytes::from(input))
+            .with_value(value)
+            .with_nonce(nonce);
+        self.count();
+        let gas = match self.provider.estimate_gas(request.clone()).await {
+            Ok(gas) => gas,
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(reason) = e.as_error_resp().and_then(|r| {
+                    let decoded = r.as_decoded_interface_error::<WorkerDispatcherErrors>();
+                    match decoded {
+                        Some(err) => Some(format!("{err:?}")),
+                        None => r.as_revert_data().map(|d| format!("revert data {d}")),
+                    }
+                }) {
+                    return Err(ChainError::Revert { intent: intent.key(), reason });
+                }
+                return Err(self.rpc_err("eth_estimateGas", e));
+            }
+        };
+        self.count();
+        let fees =
+            self.provider.estimate_eip1559_fees().await.map_err(|e| self.rpc_err("eth_feeHistory", e))?;
+        let max_fee = match self.max_fee_per_gas {
+            Some(cap) => fees.max_fee_per_gas.min(cap),
+            None => fees.max_fee_per_gas,
+        };
+        self.count();
+        let chain_id = self.chain_id().await?;
+        let request = request
+            .with_chain_id(chain_id)
+            // 20% headroom over the estimate: state can move between estimate and inclusion.
+            .with_gas_limit(gas + gas / 5)
+            .with_max_fee_per_gas(max_fee)
+            .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas.min(max_fee));
+        let wallet = EthereumWallet::from(self.signer.clone());
+        let envelope = request.build(&wallet).await.map_err(|e| self.rpc_err("sign", e))?;
+        Ok(SignedTx { hash: envelope.tx_hash().0, raw: envelope.encoded_2718(), nonce })
+    }
+
+    async fn broadcast(&self, tx: &SignedTx) -> Result<(), ChainError> {
+        self.count();
+        match self.provider.send_raw_transaction(&tx.raw).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let text = e.to_string().to_lowercase();
+                // Sent before (a restart, a retry): the node has it or has mined it.
+                if text.contains("already known")
+                    || text.contains("nonce too low")
+                    || text.contains("already imported")
+                {
+                    Ok(())
+                } else {
+                    Err(self.rpc_err("eth_sendRawTransaction", e))
+                }
+            }
+        }
+    }
+
+    async fn receipt(&self, hash: [u8; 32]) -> Result<Option<Receipt>, ChainError> {
+        self.count();
+        let receipt = self
+            .provider
+            .get_transaction_receipt(B256::from(hash))
+            .await
+            .map_err(|e| self.rpc_err("eth_getTransactionReceipt", e))?;
+        Ok(receipt.and_then(|r| {
+            Some(Receipt { block: r.block_number?, success: r.status(), gas_used: r.gas_used })
+        }))
+    }
+}
