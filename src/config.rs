@@ -140,55 +140,7 @@ pub struct WorkerConfig {
     pub arch: Option<Arch>,
 }
 
-/// An architecture a worker can advertise, with its on-chain code (see `WorkerDispatcher`'s
-/// `Capabilities`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Arch {
-    /// x86-64 (code 1).
-    Amd64,
-    /// 64-bit ARM (code 2): Raspberry Pi 3, 4, 5 on a 64-bit OS.
-    Arm64,
-    /// 32-bit ARMv7 hard-float (code 3): Raspberry Pi 2, 32-bit OS images.
-    Armhf,
-}
-
-impl Arch {
-    /// The names accepted in the file.
-    pub const NAMES: [&'static str; 3] = ["amd64", "arm64", "armhf"];
-
-    /// The Debian name, as written in the file.
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "amd64",
-            Arch::Arm64 => "arm64",
-            Arch::Armhf => "armhf",
-        }
-    }
-
-    /// The code the contract uses.
-    pub fn code(self) -> u8 {
-        match self {
-            Arch::Amd64 => 1,
-            Arch::Arm64 => 2,
-            Arch::Armhf => 3,
-        }
-    }
-
-    fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "amd64" => Some(Arch::Amd64),
-            "arm64" => Some(Arch::Arm64),
-            "armhf" => Some(Arch::Armhf),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::core::types::Arch;
 
 /// `[state]`.
 #[derive(Clone, Debug, PartialEq, Eq)]

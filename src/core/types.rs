@@ -26,7 +26,9 @@ pub type AgreementId = u64;
 /// An amount of wei. 128 bits hold 3.4e20 ETH, more than there is.
 pub type Wei = u128;
 
-/// Architecture codes as the contract stores them.
+/// An architecture a worker can advertise, with its code in the contract's
+/// `Capabilities.arch`: amd64 (1); arm64 (2): Raspberry Pi 3, 4, 5, Zero 2 W on a 64-bit OS;
+/// armhf (3): ARMv7 hard-float, Raspberry Pi 2 and 32-bit OS images.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Arch {
     Amd64,
@@ -35,6 +37,29 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// Debian's names, as the config file spells them.
+    pub const NAMES: [&'static str; 3] = ["amd64", "arm64", "armhf"];
+
+    /// The architecture of a Debian name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "amd64" => Some(Arch::Amd64),
+            "arm64" => Some(Arch::Arm64),
+            "armhf" => Some(Arch::Armhf),
+            _ => None,
+        }
+    }
+
+    /// The architecture this binary was built for, if it is one the market knows.
+    pub fn of_this_build() -> Option<Self> {
+        match std::env::consts::ARCH {
+            "x86_64" => Some(Arch::Amd64),
+            "aarch64" => Some(Arch::Arm64),
+            "arm" => Some(Arch::Armhf),
+            _ => None,
+        }
+    }
+
     /// The code in `WorkerDispatcher.Capabilities.arch`.
     pub fn code(self) -> u8 {
         match self {
@@ -61,6 +86,12 @@ impl Arch {
             Arch::Arm64 => "arm64",
             Arch::Armhf => "armhf",
         }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
