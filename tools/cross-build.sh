@@ -8,9 +8,9 @@
 #   extra args      passed to `cargo build --release --locked --target <triple>`, e.g.
 #                   --manifest-path other/Cargo.toml, --features ..., -j 2
 #
-# ARM targets use the private Debian rustc-web toolchain from tools/setup-cross.sh (run
-# automatically if it is missing; it needs root the first time) and the Debian GNU cross
-# linkers. x86_64 uses the normal cargo/rustc.
+# ARM targets use the private Debian rustc-web toolchain that tools/setup-cross.sh installs from
+# the packages pinned in tools/rust-cross.lock (run automatically if it is missing; it needs root
+# the first time) and the Debian GNU cross linkers. x86_64 uses the normal cargo/rustc.
 #
 # Environment:
 #   CROSS_BIN         binary name (default: zeppelin)
@@ -68,7 +68,7 @@ esac
 if [[ -n $GNU ]]; then
   # Instant when the toolchain is in place (no network, no root); installs it otherwise.
   if ! "$TOOLS_DIR/setup-cross.sh"; then
-    die "the cross toolchain is missing; run tools/setup-cross.sh as root (see the message above)"
+    die "the cross toolchain is not ready; tools/setup-cross.sh failed (see its message above)"
   fi
   RUSTC_WRAPPER_PATH="$TOOLCHAIN/bin/rustc"
   [[ -x $RUSTC_WRAPPER_PATH ]] || die "no rustc wrapper at $RUSTC_WRAPPER_PATH"
