@@ -33,6 +33,8 @@
 //! - [`core`]: the pure state machine: registration reconciliation and the agreement lifecycle
 //!   (events in, transactions out; no I/O, no clock).
 //! - [`dev`]: `zeppelin dev`, the local marketplace behind the README's main command.
+//! - [`identity`]: the worker's Ethereum key (V3 keystore in the state dir, 0600) and its
+//!   private-channel X25519 key derived from it; sealed boxes.
 //! - [`logging`]: tracing subscriber set-up (text or journald format).
 //! - [`store`]: trait `Store`; the embedded database (redb) holding the daemon's snapshot.
 //! - [`tls`]: the one TLS policy: rustls with `ring`.
@@ -50,6 +52,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod dev;
+pub mod identity;
 pub mod logging;
 pub mod store;
 pub mod tls;
