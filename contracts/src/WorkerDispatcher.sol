@@ -120,13 +120,13 @@ contract WorkerDispatcher {
     mapping(address account => uint256) public credits;
 
     mapping(address => Worker) internal _workers;
+    // slither-disable-next-line uninitialized-state (written through storage pointers: push/pop)
     mapping(uint64 class => address[]) internal _pools;
     address[] internal _active;
     uint256 internal _nextId = 1;
     mapping(uint256 id => WorkAgreement.Record) internal _agreements;
     mapping(uint256 id => mapping(uint256 index => WorkAgreement.Verifier)) internal _verifiers;
     mapping(uint256 id => mapping(uint256 word => uint256)) internal _reports;
-    bool transient _locked;
 
     /*//////////////////////////////////////////////////////////////
                                  EVENTS
@@ -255,7 +255,6 @@ contract WorkerDispatcher {
     error MessageTooLong();
     error NothingToWithdraw();
     error TransferFailed();
-    error Reentrancy();
 
     /*//////////////////////////////////////////////////////////////
                                CONSTRUCTOR
@@ -497,6 +496,7 @@ contract WorkerDispatcher {
         uint256 excluded = (_workers[worker].activeIndex != 0 ? 1 : 0)
             + (_workers[msg.sender].activeIndex != 0 ? 1 : 0);
         if (m < excluded + count) revert NotEnoughVerifiers(m - excluded, count);
+        // slither-disable-next-line uninitialized-local (zero-initialised on purpose)
         address[MAX_VERIFIERS] memory chosen;
         for (uint256 i; i < count; ++i) {
             seed = uint256(keccak256(abi.encode(seed)));
@@ -761,16 +761,17 @@ contract WorkerDispatcher {
     //////////////////////////////////////////////////////////////*/
 
     /// @notice Send the caller all its credits.
+    /// @dev Checks-effects-interactions: the credit is zeroed and the event emitted before the
+    /// only external call, and nothing is read or written after it, so a re-entered `withdraw`
+    /// finds nothing to withdraw and any other re-entered function sees consistent state. No
+    /// lock is needed (an earlier version had a transient one; it protected nothing).
     function withdraw() external {
-        if (_locked) revert Reentrancy();
-        _locked = true;
         uint256 amount = credits[msg.sender];
         if (amount == 0) revert NothingToWithdraw();
         credits[msg.sender] = 0;
         emit Withdrawn(msg.sender, amount);
         (bool ok,) = msg.sender.call{value: amount}("");
         if (!ok) revert TransferFailed();
-        _locked = false;
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -829,6 +830,7 @@ contract WorkerDispatcher {
         returns (bool started, uint256 epoch, uint256 reportDeadline)
     {
         uint256 start = _agreements[id].startedAt;
+        // slither-disable-next-line incorrect-equality (0 is the "not started" sentinel)
         if (start == 0) return (false, 0, 0);
         epoch = (block.timestamp - start) / EPOCH_LENGTH;
         reportDeadline = start + (epoch + 1) * EPOCH_LENGTH + REPORT_GRACE;
@@ -859,8 +861,10 @@ contract WorkerDispatcher {
         view
         returns (uint256)
     {
-        return WorkerClass.priceCeiling(uint16(workerClass)) * duration + verifierCount
-            * (duration / EPOCH_LENGTH) * VERIFIER_FEE;
+        uint256 epochs = duration / EPOCH_LENGTH; // whole epochs, as buyContract counts them
+        // slither-disable-next-line divide-before-multiply (the rounding is the point)
+        return WorkerClass.priceCeiling(uint16(workerClass)) * duration + verifierCount * epochs
+            * VERIFIER_FEE;
     }
 
     /// @notice The class key a worker with these capabilities is listed under.
