@@ -37,6 +37,7 @@
 //!   private-channel X25519 key derived from it; sealed boxes.
 //! - [`logging`]: tracing subscriber set-up (text or journald format).
 //! - [`store`]: trait `Store`; the embedded database (redb) holding the daemon's snapshot.
+//! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG, RELOADING, STOPPING); a no-op outside systemd.
 //! - [`tls`]: the one TLS policy: rustls with `ring`.
 //! - [`version`]: version, git revision and target triple.
 //!
@@ -55,5 +56,6 @@ pub mod dev;
 pub mod identity;
 pub mod logging;
 pub mod store;
+pub mod systemd;
 pub mod tls;
 pub mod version;
