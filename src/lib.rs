@@ -28,6 +28,9 @@
 //! ## Code map (what exists today; the diagram above is where it is going)
 //!
 //! - `main.rs`: thin entry: parse the command line, set up logging, map errors to an exit code.
+//! - [`api`]: observing and steering the running daemon: the `StatusReport` the app publishes,
+//!   the unix control socket (JSON lines: status, leave, pause, resume, reload) and its client,
+//!   `/health` and `/metrics` over HTTP on localhost, the human `zeppelin status` output.
 //! - [`cli`]: the subcommands; each one parses options and calls into the library.
 //! - [`config`]: `/etc/zeppelin/zeppelin.toml` -> validated `Config` (pure; `load` is thin I/O).
 //! - [`core`]: the pure state machine: registration reconciliation and the agreement lifecycle
@@ -48,6 +51,7 @@
 //!   aws-lc-rs does not cross-build for armv7.
 //! - Errors carry context (`what was being done: why`) and become an exit code only in `main`.
 
+pub mod api;
 pub mod chain;
 pub mod cli;
 pub mod config;
