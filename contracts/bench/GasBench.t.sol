@@ -179,8 +179,8 @@ contract GasBench is DispatcherFixture {
         _cloneComparison();
 
         console.log(
-            "goal buyContract <= 200000 gas (10000 workers): %s",
-            large <= 200_000 ? "met" : "NOT met"
+            "goal buyContract <= 200000 gas (10 and 10000 workers): %s",
+            large <= 200_000 && small <= 200_000 ? "met" : "NOT met"
         );
         uint256 diff = large > small ? large - small : small - large;
         console.log(
@@ -225,7 +225,10 @@ contract GasBench is DispatcherFixture {
         d.terminateAgreement(id, 0);
         console.log("gas terminateAgreement: %d", _gas());
 
-        address w = address(uint160(0x200001));
+        address w = address(uint160(0x200000));
+        while (d.getWorker(w).running != 0) {
+            w = address(uint160(w) + 1); // a worker with no open agreement, so it can leave
+        }
         vm.cool(address(d));
         vm.prank(w);
         d.pauseWorker();
