@@ -194,6 +194,15 @@ contract WorkerDispatcher {
         uint256 startedAt,
         uint256 epochs
     );
+    /// @notice The agreement `verifier` verifies started: epoch e runs from
+    /// `startedAt + e * epochLength`, for `epochs` epochs.
+    event VerificationScheduled(
+        uint256 indexed id,
+        address indexed verifier,
+        address indexed worker,
+        uint256 startedAt,
+        uint256 epochs
+    );
     /// @notice A verifier reported on an epoch.
     event VerificationProvided(
         uint256 indexed id, address indexed verifier, address indexed worker, uint256 epoch, bool ok
@@ -557,7 +566,8 @@ contract WorkerDispatcher {
     }
 
     /// @notice The worker declares the work deployed and reachable, within the ready window
-    /// after accepting. Epochs start now.
+    /// after accepting. Epochs start now. Emits AgreementStarted, then VerificationScheduled
+    /// once per verifier.
     /// @param id The agreement.
     function declareReady(uint256 id) external {
         WorkAgreement.Record storage a = _agreements[id];
@@ -569,6 +579,14 @@ contract WorkerDispatcher {
         a.startedAt = uint40(block.timestamp);
         a.endEpoch = a.epochs;
         emit AgreementStarted(id, a.client, msg.sender, block.timestamp, a.epochs);
+        // One log per verifier, so a verifier's daemon learns when to probe from logs that name
+        // its own address.
+        uint256 count = a.verifierCount;
+        for (uint256 i; i < count; ++i) {
+            emit VerificationScheduled(
+                id, _verifiers[id][i].account, msg.sender, block.timestamp, a.epochs
+            );
+        }
     }
 
     /// @notice Either party closes an accepted agreement whose work was not declared ready

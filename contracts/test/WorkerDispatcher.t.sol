@@ -755,6 +755,19 @@ contract WorkerDispatcherTest is DispatcherFixture {
         assertEq(deadline, block.timestamp + EPOCH + GRACE);
     }
 
+    function test_DeclareReady_NotifiesEachVerifier() public {
+        uint256 id = _buy(client, 4, 3);
+        _accept(id);
+        address w = _agreement(id).worker;
+        address[] memory vs = _verifiers(id);
+        for (uint256 i; i < vs.length; ++i) {
+            vm.expectEmit(address(d));
+            emit WorkerDispatcher.VerificationScheduled(id, vs[i], w, block.timestamp, 4);
+        }
+        vm.prank(w);
+        d.declareReady(id);
+    }
+
     function test_RevertWhen_DeclareReady_NotWorker() public {
         uint256 id = _buy(client, 2, 1);
         _accept(id);
