@@ -1014,6 +1014,45 @@ contract WorkerDispatcherTest is DispatcherFixture {
         _assertSolvent();
     }
 
+    function test_TerminateAgreement_ByWorker() public {
+        // a worker that is down can stop losing stake once the failed run is final
+        uint256 id = _running(10, 1);
+        uint256 start = _agreement(id).startedAt;
+        for (uint256 e; e < 3; ++e) {
+            _reportAll(id, e, false);
+        }
+        vm.warp(start + 3 * EPOCH + GRACE);
+        vm.prank(_agreement(id).worker);
+        d.terminateAgreement(id, 0);
+        assertEq(_agreement(id).endEpoch, 4);
+        vm.warp(start + 4 * EPOCH + GRACE);
+        d.redeemPayment(id);
+        assertEq(d.getWorker(_agreement(id).worker).stake, MIN_STAKE - 3 * uint256(SLASH));
+        _assertSolvent();
+    }
+
+    function test_UpdateWorker_KeepsRunningTerms() public {
+        uint256 id = _buy(client, 2, 1);
+        address w = _agreement(id).worker;
+        WorkerDispatcher.Capabilities memory c = _caps();
+        c.pricePerSecond = PRICE * 2;
+        c.slots = 2;
+        vm.prank(w);
+        d.updateWorker(c);
+        assertEq(_agreement(id).pricePerSecond, PRICE, "agreement keeps its price");
+        assertEq(d.getWorker(w).pricePerSecond, PRICE * 2);
+        // one slot of two is taken: listed in its new class
+        assertEq(d.poolSize(_class(c)), 1);
+        _accept(id);
+        _ready(id);
+        _reportAll(id, 0, true);
+        _reportAll(id, 1, true);
+        vm.warp(uint256(_agreement(id).startedAt) + 2 * EPOCH + GRACE);
+        d.redeemPayment(id);
+        assertEq(d.credits(w), 2 * uint256(EPOCH) * PRICE);
+        _assertSolvent();
+    }
+
     function test_RevertWhen_TerminateAgreement_NotConsecutive() public {
         uint256 id = _running(10, 1);
         uint256 start = _agreement(id).startedAt;
