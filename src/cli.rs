@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::api::{Request, Response};
 use crate::logging::LogFormat;
 
 /// Zeppelin: sell this machine's CPU and memory on a decentralized compute marketplace.
@@ -21,9 +22,61 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the worker daemon (what systemd starts): register this machine, follow the chain,
+    /// answer agreements, collect pay.
+    Daemon(ConfigArg),
+    /// Show what the running daemon is doing.
+    Status {
+        #[command(flatten)]
+        target: SocketArgs,
+        /// Print the whole report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Leave the market: no new work; the stake comes back after the unbonding delay, once the
+    /// running agreements have closed.
+    Leave(SocketArgs),
+    /// Stop taking new work (running agreements continue).
+    Pause(SocketArgs),
+    /// Take new work again after `pause`.
+    Resume(SocketArgs),
+    /// Re-read the config file (as SIGHUP or `systemctl reload zeppelin` do).
+    Reload(SocketArgs),
     /// Run a complete local marketplace on this machine: a local chain with the protocol
     /// contracts deployed (worker daemons and a client join it as those capabilities land).
     Dev(DevArgs),
+}
+
+/// Where the config file is.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The config file.
+    #[arg(short, long, env = "ZEPPELIN_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+}
+
+/// How to reach the running daemon: its control socket, given or read from its config file.
+#[derive(Debug, Args)]
+pub struct SocketArgs {
+    /// The daemon's control socket (default: `api.control_socket` of the config file).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+impl SocketArgs {
+    /// The socket to talk to. A config file that cannot be read is no reason to fail here:
+    /// the default socket is tried, and the daemon's answer (or absence) says the rest.
+    fn socket(&self) -> PathBuf {
+        if let Some(socket) = &self.socket {
+            return socket.clone();
+        }
+        match crate::config::Config::load(&self.config.config) {
+            Ok(config) => config.api.control_socket,
+            Err(_) => PathBuf::from(crate::api::client::DEFAULT_SOCKET),
+        }
+    }
 }
 
 /// Options of `zeppelin dev`.
@@ -45,6 +98,10 @@ pub struct DevArgs {
     #[arg(long, default_value = ".dev")]
     pub dir: PathBuf,
 
+    /// How many worker daemons to start.
+    #[arg(long, default_value_t = 3)]
+    pub workers: usize,
+
     /// Set everything up, print the summary, then stop instead of running until interrupted.
     #[arg(long)]
     pub once: bool,
@@ -56,5 +113,42 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Dev(args) => runtime.block_on(crate::dev::run(args)),
+        Command::Daemon(ConfigArg { config: path }) => {
+            // A bad config stops start-up here, naming the key and the reason.
+            let config = crate::config::Config::load(&path)?;
+            runtime.block_on(crate::app::run(&path, config))
+        }
+        Command::Status { target, json } => {
+            let report = match runtime.block_on(control(&target, Request::Status))? {
+                Response::Status { report } => report,
+                other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", crate::api::render_human(&report));
+            }
+            Ok(())
+        }
+        Command::Leave(target) => command(&runtime, &target, Request::Leave),
+        Command::Pause(target) => command(&runtime, &target, Request::Pause),
+        Command::Resume(target) => command(&runtime, &target, Request::Resume),
+        Command::Reload(target) => command(&runtime, &target, Request::Reload),
+    }
+}
+
+async fn control(target: &SocketArgs, request: Request) -> anyhow::Result<Response> {
+    Ok(crate::api::client::request(&target.socket(), request).await?)
+}
+
+/// Sends a command and prints the daemon's answer; a refusal is an error.
+fn command(runtime: &tokio::runtime::Runtime, target: &SocketArgs, request: Request) -> anyhow::Result<()> {
+    match runtime.block_on(control(target, request))? {
+        Response::Done { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        Response::Error { message } => anyhow::bail!("the daemon refused: {message}"),
+        Response::Status { .. } => anyhow::bail!("unexpected answer from the daemon"),
     }
 }

@@ -1,19 +1,25 @@
 //! `zeppelin dev`: the embedded local default behind the README's main command.
 //!
 //! It brings up a complete local marketplace on this machine, step by step, printing readable
-//! progress. Today that is a local chain (anvil) with the protocol contracts deployed; worker
-//! daemons and a buying client join as those capabilities land (the README says which).
+//! progress: a local chain (anvil), the protocol contracts deployed, and several worker daemons
+//! started as separate processes, each with its own key, state directory, config and log, and
+//! funded from the chain's dev accounts; it shows them registering. A buying client joins as
+//! that capability lands (the README says which).
+//!
+//! [`DevWorker`] is also what the integration tests use to run real daemons.
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use alloy::network::EthereumWallet;
 use alloy::node_bindings::{Anvil, AnvilInstance};
 use alloy::primitives::U256;
 use alloy::primitives::aliases::U96;
-use alloy::primitives::utils::format_ether;
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::Context;
 
+use crate::api::render::format_eth;
 use crate::chain::bindings::WorkerDispatcher;
 use crate::chain::deployment::Deployment;
 use crate::cli::DevArgs;
@@ -68,21 +74,250 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         deployment.deploy_block, receipt.gas_used
     );
     println!(
-        "            min stake {} ETH, verifier fee {} ETH per report, {} s epochs; deployment file {}",
-        eth(params.minStake),
-        eth(params.verifierFee),
+        "            min stake {}, verifier fee {} per report, {} s epochs; deployment file {}",
+        format_eth(params.minStake.to::<u128>()),
+        format_eth(params.verifierFee.to::<u128>()),
         params.epochLength,
         deployment_file.display()
     );
 
+    // Worker daemons: a key each (made here, so they can be funded before they start), a config,
+    // a process.
+    let mut workers = Vec::new();
+    for i in 1..=args.workers {
+        let funder = PrivateKeySigner::from(anvil.keys()[i % anvil.keys().len()].clone());
+        let spec = WorkerSpec {
+            dir: args.dir.join(format!("worker{i}")),
+            rpc_url: anvil.endpoint(),
+            deployment_file: deployment_file.clone(),
+            price: format!("{} gwei", i),
+            extra: String::new(),
+        };
+        let worker = DevWorker::start(&std::env::current_exe()?, &spec, &funder).await?;
+        println!(
+            "  worker {i}  {} (pid {}, {} gwei/s) log {}",
+            worker.address,
+            worker.pid(),
+            i,
+            worker.log.display()
+        );
+        workers.push(worker);
+    }
+    for (i, worker) in workers.iter().enumerate() {
+        let report = worker.wait_registered(Duration::from_secs(60)).await?;
+        let terms = report.registration.terms.as_ref().expect("registered workers have terms");
+        println!(
+            "  worker {}  registered: {} {} CPU, {} MiB memory, {} MiB disk, stake {}",
+            i + 1,
+            terms.arch,
+            terms.cpu_millis as f64 / 1000.0,
+            terms.memory_mib,
+            terms.disk_mib,
+            format_eth(report.registration.stake_wei)
+        );
+    }
+
     if args.once {
         println!("set up; stopping (--once)");
+        for worker in &mut workers {
+            worker.stop(Duration::from_secs(10)).await?;
+        }
         return Ok(());
     }
-    println!("running; press Ctrl-C to stop");
+    println!(
+        "running; press Ctrl-C to stop (`zeppelin status --socket <worker dir>/control.sock` shows a worker)"
+    );
     wait_for_shutdown_signal().await?;
     println!("stopping the local marketplace");
+    for worker in &mut workers {
+        worker.stop(Duration::from_secs(10)).await?;
+    }
     Ok(())
+}
+
+/// How to set up one worker daemon on a local chain.
+#[derive(Clone, Debug)]
+pub struct WorkerSpec {
+    /// Its directory: `zeppelin.toml`, `state/`, `control.sock`, `daemon.log`.
+    pub dir: PathBuf,
+    pub rpc_url: String,
+    pub deployment_file: PathBuf,
+    /// `worker.price_per_second`.
+    pub price: String,
+    /// More TOML lines for the `[worker]` table (caps, slots, stake).
+    pub extra: String,
+}
+
+impl WorkerSpec {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("zeppelin.toml")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    /// Writes the worker's config file: instant confirmations and quick polls for a local chain.
+    pub fn write_config(&self, http_port: u16) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        let text = format!(
+            "[chain]\nrpc_url = \"{rpc}\"\ndeployment_file = \"{deployment}\"\nconfirmations = 0\n\
+             poll_interval = \"500ms\"\n\n[worker]\nprice_per_second = \"{price}\"\nstake = \"1 ether\"\n{extra}\n\
+             [state]\ndir = \"{state}\"\n\n[api]\ncontrol_socket = \"{socket}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n",
+            rpc = self.rpc_url,
+            deployment = self.deployment_file.display(),
+            price = self.price,
+            extra = self.extra,
+            state = self.state_dir().display(),
+            socket = self.socket().display(),
+        );
+        let path = self.config_path();
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// A worker daemon running as a child process.
+pub struct DevWorker {
+    pub spec: WorkerSpec,
+    pub address: alloy::primitives::Address,
+    pub http_port: u16,
+    pub log: PathBuf,
+    child: tokio::process::Child,
+}
+
+impl DevWorker {
+    /// Makes the worker's key, funds it with 100 ETH from `funder` if it holds less than 10,
+    /// writes its config and starts `exe daemon`.
+    pub async fn start(exe: &Path, spec: &WorkerSpec, funder: &PrivateKeySigner) -> anyhow::Result<Self> {
+        let (identity, _) =
+            crate::identity::Identity::load_or_create(&spec.state_dir(), &crate::identity::Password::none())?;
+        let address = identity.address();
+        let url: url::Url = spec.rpc_url.parse()?;
+        let provider = ProviderBuilder::new().wallet(EthereumWallet::from(funder.clone())).connect_http(url);
+        let ten = U256::from(10u64) * U256::from(10u64).pow(U256::from(18u64));
+        if provider.get_balance(address).await? < ten {
+            let tx =
+                alloy::rpc::types::TransactionRequest::default().to(address).value(ten * U256::from(10u64));
+            provider.send_transaction(tx).await?.get_receipt().await.context("funding the worker")?;
+        }
+        let http_port = free_port()?;
+        spec.write_config(http_port)?;
+        let mut worker = DevWorker {
+            spec: spec.clone(),
+            address,
+            http_port,
+            log: spec.dir.join("daemon.log"),
+            child: spawn_placeholder()?,
+        };
+        worker.child = worker.spawn(exe)?;
+        Ok(worker)
+    }
+
+    fn spawn(&self, exe: &Path) -> anyhow::Result<tokio::process::Child> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        tokio::process::Command::new(exe)
+            .arg("daemon")
+            .arg("--config")
+            .arg(self.spec.config_path())
+            .env("ZEPPELIN_LOG_FORMAT", "journal")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} daemon", exe.display()))
+    }
+
+    /// Starts the daemon again (after `stop` or `kill`), with the same key, state and config.
+    pub fn restart(&mut self, exe: &Path) -> anyhow::Result<()> {
+        self.child = self.spawn(exe)?;
+        Ok(())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// Sends a signal (SIGTERM to stop, SIGHUP to reload, SIGKILL to crash).
+    pub fn signal(&self, signal: rustix::process::Signal) -> anyhow::Result<()> {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).context("the daemon has exited")?;
+        rustix::process::kill_process(pid, signal)?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn stop(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        if self.child.id().is_some() {
+            self.signal(rustix::process::Signal::TERM)?;
+        }
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .context("the daemon did not stop in time")?
+            .map_err(Into::into)
+    }
+
+    /// SIGKILL: a crash, as `kill -9` or a power cut would do.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// The daemon's status report, through its control socket.
+    pub async fn status(&self) -> anyhow::Result<crate::api::StatusReport> {
+        match crate::api::client::request(&self.spec.socket(), crate::api::Request::Status).await? {
+            crate::api::Response::Status { report } => Ok(*report),
+            other => anyhow::bail!("unexpected answer: {other:?}"),
+        }
+    }
+
+    /// Waits until `check` holds for the daemon's status (polling its socket).
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&crate::api::StatusReport) -> bool,
+    ) -> anyhow::Result<crate::api::StatusReport> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last = None;
+        loop {
+            if let Ok(report) = self.status().await {
+                if check(&report) {
+                    return Ok(report);
+                }
+                last = Some(report);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<_> = log.lines().rev().take(15).collect();
+                anyhow::bail!(
+                    "worker {} not {what} within {within:?}; last status: {last:?}; log tail:\n{}",
+                    self.address,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits for the registration to show on chain (as the daemon sees it).
+    pub async fn wait_registered(&self, within: Duration) -> anyhow::Result<crate::api::StatusReport> {
+        self.wait_for("registered", within, |r| {
+            matches!(r.registration.state, crate::api::status::RegistrationState::Active)
+        })
+        .await
+    }
+}
+
+/// A child that has already exited, to fill the field until the real one is spawned.
+fn spawn_placeholder() -> anyhow::Result<tokio::process::Child> {
+    Ok(tokio::process::Command::new("true").stdin(Stdio::null()).spawn()?)
+}
+
+/// A loopback port free right now (bound, then released).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 async fn start_chain(args: &DevArgs) -> anyhow::Result<AnvilInstance> {
@@ -114,12 +349,6 @@ pub fn dev_params() -> WorkerDispatcher::Params {
         unbondingDelay: 120,
         maxConsecutiveFailures: 2,
     }
-}
-
-/// Wei as ETH without trailing zeros: `1`, `0.001`.
-fn eth(wei: U96) -> String {
-    let text = format_ether(U256::from(wei));
-    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 fn block_time_label(seconds: u64) -> String {

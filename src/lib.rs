@@ -52,11 +52,13 @@
 //! - Errors carry context (`what was being done: why`) and become an exit code only in `main`.
 
 pub mod api;
+pub mod app;
 pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod core;
 pub mod dev;
+pub mod host;
 pub mod identity;
 pub mod logging;
 pub mod store;

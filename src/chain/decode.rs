@@ -118,7 +118,8 @@ pub fn chain_event(log: &alloy::primitives::Log) -> Option<ChainEvent> {
         | Ev::VerificationProvided(_)
         | Ev::VerifierPaid(_)
         | Ev::MessageSent(_)
-        | Ev::Withdrawn(_) => return None,
+        | Ev::Withdrawn(_)
+        | Ev::VerificationScheduled(_) => return None,
     })
 }
 

@@ -215,8 +215,10 @@ pub enum Event {
     /// A confirmed log concerning us.
     Chain(ChainEvent),
     /// The follower has processed every confirmed block up to `block`, whose timestamp is
-    /// `timestamp`: the chain's clock.
-    Synced { block: u64, timestamp: u64 },
+    /// `timestamp`: the chain's clock. `at_head` says it has caught up with the confirmed head;
+    /// while it replays older blocks the core only learns, it does not decide (deadlines judged
+    /// on an old clock would send transactions that can only revert).
+    Synced { block: u64, timestamp: u64, at_head: bool },
     /// A transaction for `key` was mined in `block` (successfully or reverted).
     TxMined { key: String, block: u64, success: bool },
     /// A transaction for `key` could not be sent at all (signing or a permanent RPC refusal);
@@ -259,6 +261,7 @@ pub struct Node {
     credits: Wei,
     synced_block: u64,
     now: u64,
+    at_head: bool,
     last_error: Option<String>,
 }
 
@@ -275,6 +278,7 @@ impl Node {
             credits: 0,
             synced_block: 0,
             now: 0,
+            at_head: false,
             last_error: None,
         }
     }
@@ -309,12 +313,21 @@ impl Node {
         self.agreements.values().filter(|a| a.role == Role::Worker && a.stage.is_open()).count()
     }
 
+    /// After the shell restored an older state (a reorg), the transactions it still holds are
+    /// in flight whatever that state remembered: never decide them again.
+    pub fn mark_in_flight<'a>(&mut self, keys: impl IntoIterator<Item = &'a str>) {
+        for key in keys {
+            self.in_flight.entry(key.to_owned()).or_insert(InFlight::Sent);
+        }
+    }
+
     /// Feeds one event; returns the transactions to send.
     pub fn on_event(&mut self, event: Event) -> Vec<Action> {
         match event {
             Event::RegistrationRead(registration) => self.registration = registration,
             Event::Chain(event) => self.apply(event),
-            Event::Synced { block, timestamp } => {
+            Event::Synced { block, timestamp, at_head } => {
+                self.at_head = at_head;
                 self.synced_block = self.synced_block.max(block);
                 self.now = self.now.max(timestamp);
                 // Intents mined at or before this block have had their effect applied.
@@ -443,6 +456,9 @@ impl Node {
 
     /// The reconciliation: every rule that turns state into a transaction.
     fn decide(&mut self) -> Vec<Action> {
+        if !self.at_head {
+            return Vec::new();
+        }
         let mut intents = Vec::new();
         if self.registration != Registration::Unknown {
             self.decide_registration(&mut intents);
@@ -590,8 +606,11 @@ mod tests {
         }
     }
 
+    /// A node that has caught up with the chain at time 0.
     fn serving() -> Node {
-        Node::new(ME, params(), Goal::Serve { terms: terms(), stake: ETH })
+        let mut node = Node::new(ME, params(), Goal::Serve { terms: terms(), stake: ETH });
+        node.on_event(Event::Synced { block: 0, timestamp: 0, at_head: true });
+        node
     }
 
     fn registered() -> Node {
@@ -618,21 +637,22 @@ mod tests {
     #[test]
     fn nothing_is_decided_before_the_registration_is_read() {
         let mut node = serving();
-        assert!(node.on_event(Event::Synced { block: 1, timestamp: 10 }).is_empty());
+        assert!(node.on_event(Event::Synced { block: 1, timestamp: 10, at_head: true }).is_empty());
     }
 
     #[test]
     fn an_unregistered_worker_registers_once_with_at_least_the_minimum_stake() {
         let mut node = Node::new(ME, params(), Goal::Serve { terms: terms(), stake: 1 });
+        node.on_event(Event::Synced { block: 0, timestamp: 0, at_head: true });
         let actions = node.on_event(Event::RegistrationRead(Registration::NotRegistered));
         assert_eq!(sends(&actions), vec![Intent::Register { terms: terms(), stake: ETH }]);
         // Blocks pass without the registration showing: still in flight, never sent again.
-        assert!(node.on_event(Event::Synced { block: 5, timestamp: 50 }).is_empty());
+        assert!(node.on_event(Event::Synced { block: 5, timestamp: 50, at_head: true }).is_empty());
         assert!(node.on_event(Event::TxMined { key: "register".into(), block: 6, success: true }).is_empty());
         // The receipt came before the follower reached block 6: still nothing new.
-        assert!(node.on_event(Event::Synced { block: 5, timestamp: 55 }).is_empty());
+        assert!(node.on_event(Event::Synced { block: 5, timestamp: 55, at_head: true }).is_empty());
         node.on_event(Event::Chain(ChainEvent::WorkerRegistered { worker: ME, stake: ETH, terms: terms() }));
-        assert!(node.on_event(Event::Synced { block: 6, timestamp: 60 }).is_empty());
+        assert!(node.on_event(Event::Synced { block: 6, timestamp: 60, at_head: true }).is_empty());
         assert_eq!(node.in_flight().count(), 0);
         assert_eq!(node.registration(), Registration::Active { terms: terms(), stake: ETH });
     }
@@ -643,9 +663,13 @@ mod tests {
         node.on_event(Event::RegistrationRead(Registration::NotRegistered));
         node.on_event(Event::TxMined { key: "register".into(), block: 3, success: false });
         assert!(node.last_error().unwrap().contains("register reverted"));
-        assert!(node.on_event(Event::Synced { block: 3, timestamp: 100 }).is_empty());
-        assert!(node.on_event(Event::Synced { block: 4, timestamp: 100 + RETRY_AFTER_SECS - 1 }).is_empty());
-        let again = node.on_event(Event::Synced { block: 5, timestamp: 100 + RETRY_AFTER_SECS });
+        assert!(node.on_event(Event::Synced { block: 3, timestamp: 100, at_head: true }).is_empty());
+        assert!(
+            node.on_event(Event::Synced { block: 4, timestamp: 100 + RETRY_AFTER_SECS - 1, at_head: true })
+                .is_empty()
+        );
+        let again =
+            node.on_event(Event::Synced { block: 5, timestamp: 100 + RETRY_AFTER_SECS, at_head: true });
         assert_eq!(sends(&again), vec![Intent::Register { terms: terms(), stake: ETH }]);
     }
 
@@ -658,7 +682,7 @@ mod tests {
         assert_eq!(sends(&actions), vec![Intent::Update { terms: cheaper }]);
         node.on_event(Event::TxMined { key: "update".into(), block: 2, success: true });
         node.on_event(Event::Chain(ChainEvent::WorkerUpdated { worker: ME, terms: cheaper }));
-        assert!(node.on_event(Event::Synced { block: 2, timestamp: 20 }).is_empty());
+        assert!(node.on_event(Event::Synced { block: 2, timestamp: 20, at_head: true }).is_empty());
     }
 
     #[test]
@@ -675,7 +699,7 @@ mod tests {
         assert_eq!(sends(&actions), vec![Intent::Pause]);
         node.on_event(Event::TxMined { key: "pause".into(), block: 2, success: true });
         node.on_event(Event::Chain(ChainEvent::WorkerPaused { worker: ME }));
-        node.on_event(Event::Synced { block: 2, timestamp: 20 });
+        node.on_event(Event::Synced { block: 2, timestamp: 20, at_head: true });
         let actions = node.on_event(Event::GoalChanged(Goal::Serve { terms: terms(), stake: ETH }));
         assert_eq!(sends(&actions), vec![Intent::Resume]);
     }
@@ -683,17 +707,17 @@ mod tests {
     #[test]
     fn leaving_waits_for_the_unbonding_delay_and_the_running_agreements() {
         let mut node = registered();
-        node.on_event(Event::Synced { block: 1, timestamp: 100 });
+        node.on_event(Event::Synced { block: 1, timestamp: 100, at_head: true });
         // An offer answered just before the goal changes is not answered twice.
         assert_eq!(sends(&node.on_event(created(1, ME, 160))), vec![Intent::Accept(1)]);
         let actions = node.on_event(Event::GoalChanged(Goal::Leave));
         assert_eq!(sends(&actions), vec![Intent::RequestLeave]);
         node.on_event(Event::TxMined { key: "request-leave".into(), block: 2, success: true });
         node.on_event(Event::Chain(ChainEvent::LeaveRequested { worker: ME, unbond_at: 300 }));
-        node.on_event(Event::Synced { block: 2, timestamp: 110 });
+        node.on_event(Event::Synced { block: 2, timestamp: 110, at_head: true });
         // The open agreement and the unbonding delay both hold the stake back.
         assert!(
-            node.on_event(Event::Synced { block: 3, timestamp: 400 })
+            node.on_event(Event::Synced { block: 3, timestamp: 400, at_head: true })
                 .iter()
                 .all(|a| !matches!(a, Action::Send(Intent::WithdrawStake)))
         );
@@ -704,7 +728,7 @@ mod tests {
     #[test]
     fn the_worker_accepts_within_its_slots_and_declines_beyond_them() {
         let mut node = registered();
-        node.on_event(Event::Synced { block: 1, timestamp: 100 });
+        node.on_event(Event::Synced { block: 1, timestamp: 100, at_head: true });
         assert_eq!(sends(&node.on_event(created(1, ME, 160))), vec![Intent::Accept(1)]);
         node.on_event(Event::Chain(ChainEvent::AgreementAccepted { id: 1, ready_deadline: 400 }));
         // One slot, taken: a second draw (a race with our own accept) is declined.
@@ -714,7 +738,7 @@ mod tests {
     #[test]
     fn agreements_of_other_workers_are_ignored_and_expired_offers_left_alone() {
         let mut node = registered();
-        node.on_event(Event::Synced { block: 1, timestamp: 500 });
+        node.on_event(Event::Synced { block: 1, timestamp: 500, at_head: true });
         assert!(node.on_event(created(1, OTHER, 560)).is_empty());
         assert_eq!(node.agreements().count(), 0);
         // Past its accept deadline: nothing to send (the client cancels it).
@@ -724,11 +748,14 @@ mod tests {
     #[test]
     fn an_agreement_never_made_ready_is_aborted_after_the_ready_window() {
         let mut node = registered();
-        node.on_event(Event::Synced { block: 1, timestamp: 100 });
+        node.on_event(Event::Synced { block: 1, timestamp: 100, at_head: true });
         node.on_event(created(1, ME, 160));
         node.on_event(Event::Chain(ChainEvent::AgreementAccepted { id: 1, ready_deadline: 400 }));
-        assert!(node.on_event(Event::Synced { block: 2, timestamp: 399 }).is_empty());
-        assert_eq!(sends(&node.on_event(Event::Synced { block: 3, timestamp: 400 })), vec![Intent::Abort(1)]);
+        assert!(node.on_event(Event::Synced { block: 2, timestamp: 399, at_head: true }).is_empty());
+        assert_eq!(
+            sends(&node.on_event(Event::Synced { block: 3, timestamp: 400, at_head: true })),
+            vec![Intent::Abort(1)]
+        );
     }
 
     #[test]
@@ -737,21 +764,39 @@ mod tests {
         node.on_event(created(1, ME, 160));
         node.on_event(Event::Chain(ChainEvent::AgreementStarted { id: 1, started_at: 200, epochs: 3 }));
         // Last epoch ends at 290, its reporting window at 305.
-        assert!(node.on_event(Event::Synced { block: 9, timestamp: 304 }).is_empty());
+        assert!(node.on_event(Event::Synced { block: 9, timestamp: 304, at_head: true }).is_empty());
         assert_eq!(
-            sends(&node.on_event(Event::Synced { block: 10, timestamp: 305 })),
+            sends(&node.on_event(Event::Synced { block: 10, timestamp: 305, at_head: true })),
             vec![Intent::Redeem(1)]
         );
-        assert!(node.on_event(Event::Synced { block: 11, timestamp: 306 }).is_empty());
+        assert!(node.on_event(Event::Synced { block: 11, timestamp: 306, at_head: true }).is_empty());
         node.on_event(Event::TxMined { key: "redeem:1".into(), block: 12, success: true });
         node.on_event(Event::Chain(ChainEvent::PaymentRedeemed { id: 1 }));
         assert_eq!(
             sends(&node.on_event(Event::Chain(ChainEvent::Credits { amount: 90 }))),
             vec![Intent::Withdraw]
         );
-        node.on_event(Event::Synced { block: 12, timestamp: 310 });
+        node.on_event(Event::Synced { block: 12, timestamp: 310, at_head: true });
         assert_eq!(node.agreements().next().unwrap().stage, Stage::Finished);
         assert!(node.in_flight().all(|k| k != "redeem:1"), "{:?}", node.in_flight().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn while_replaying_old_blocks_the_core_learns_but_does_not_decide() {
+        let mut node = Node::new(ME, params(), Goal::Serve { terms: terms(), stake: ETH });
+        assert!(node.on_event(Event::RegistrationRead(Registration::NotRegistered)).is_empty());
+        assert!(node.on_event(created(1, ME, 160)).is_empty());
+        assert!(node.on_event(Event::Synced { block: 5, timestamp: 100, at_head: false }).is_empty());
+        // Caught up: the registration is due; the offer's window has not closed yet at 150.
+        let actions = node.on_event(Event::Synced { block: 9, timestamp: 150, at_head: true });
+        assert_eq!(sends(&actions), vec![Intent::Register { terms: terms(), stake: ETH }, Intent::Accept(1)]);
+    }
+
+    #[test]
+    fn transactions_the_shell_still_holds_stay_in_flight_after_a_rewind() {
+        let mut node = serving();
+        node.mark_in_flight(["register"]);
+        assert!(node.on_event(Event::RegistrationRead(Registration::NotRegistered)).is_empty());
     }
 
     #[test]
@@ -762,7 +807,7 @@ mod tests {
         assert_eq!((a.id, a.role, a.worker), (4, Role::Verifier, OTHER));
         // The worker's lifecycle is not ours to drive.
         node.on_event(Event::Chain(ChainEvent::AgreementAccepted { id: 4, ready_deadline: 10 }));
-        assert!(node.on_event(Event::Synced { block: 2, timestamp: 1000 }).is_empty());
+        assert!(node.on_event(Event::Synced { block: 2, timestamp: 1000, at_head: true }).is_empty());
     }
 
     #[test]
@@ -771,7 +816,7 @@ mod tests {
             Event::RegistrationRead(Registration::NotRegistered),
             Event::TxMined { key: "register".into(), block: 2, success: true },
             Event::Chain(ChainEvent::WorkerRegistered { worker: ME, stake: ETH, terms: terms() }),
-            Event::Synced { block: 2, timestamp: 20 },
+            Event::Synced { block: 2, timestamp: 20, at_head: true },
             created(1, ME, 80),
         ];
         let (mut a, mut b) = (serving(), serving());

@@ -1,0 +1,638 @@
+//! The daemon: wiring, the one event loop, and shutdown.
+//!
+//! Everything that can make the daemon do work is in [`Trigger`] and handled in one `select!`
+//! in [`run`]: the poll timer (follow the chain, settle transactions, act), commands from the
+//! control socket, SIGHUP (reload the config), the watchdog timer, and SIGTERM/SIGINT.
+//!
+//! One poll ([`Daemon::poll`]) is: read the head; check that the last processed block is still
+//! canonical (else rewind to the newest checkpoint that is, restoring the core's state from it);
+//! feed the confirmed blocks' events to the core; feed it the receipts of the transactions in
+//! flight; sign what it decided into the outbox; **save the snapshot**; then broadcast. Saving
+//! before broadcasting is what makes a transaction survive `kill -9` exactly once (see
+//! [`outbox`]).
+pub mod outbox;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use self::outbox::Outbox;
+use crate::api::status::{
+    AgreementRole, AgreementStage, AgreementStatus, ChainStatus, LastError, RegistrationState,
+    RegistrationStatus, StatusReport, TermsStatus,
+};
+use crate::api::{Command, ControlCommand, ControlServer, Metrics};
+use crate::chain::client::{AlloyChain, BlockRef, Chain, ChainError};
+use crate::chain::decode;
+use crate::chain::deployment::Deployment;
+use crate::config::{Config, Contracts};
+use crate::core::node::{Action, ChainEvent, Event, Goal, Node, RETRY_AFTER_SECS, Registration, Role, Stage};
+use crate::core::types::{Address, Terms, Wei};
+use crate::identity::{Identity, KeyOrigin, Password};
+use crate::store::{DbStore, Store};
+use crate::systemd::Notifier;
+
+/// The most blocks asked for in one `eth_getLogs` range.
+const MAX_RANGE: u64 = 5_000;
+/// The most ranges processed in one poll (catching up yields to the rest of the loop).
+const MAX_RANGES_PER_POLL: usize = 8;
+/// Checkpoints of the core's state kept for rewinding after a reorg.
+const CHECKPOINTS: usize = 64;
+/// Current snapshot format.
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// Everything the daemon keeps across restarts, saved as one value.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: u32,
+    pub chain_id: u64,
+    pub dispatcher: [u8; 20],
+    /// The core's state (none before the first contact with the chain).
+    pub node: Option<Node>,
+    /// The last processed block.
+    pub cursor: Option<BlockRef>,
+    /// The core's state after recent processed blocks, newest last.
+    pub checkpoints: VecDeque<(BlockRef, Node)>,
+    pub outbox: Outbox,
+}
+
+/// What wakes the event loop.
+enum Trigger {
+    Poll,
+    Command(ControlCommand),
+    Reload,
+    Watchdog,
+    Shutdown,
+}
+
+/// The running daemon's state and outside systems.
+struct Daemon<C, S> {
+    chain: C,
+    store: S,
+    config: Config,
+    config_path: PathBuf,
+    me: Address,
+    encryption_key: [u8; 32],
+    deployment: Deployment,
+    snapshot: Snapshot,
+    status: StatusReport,
+    metrics: Metrics,
+    /// The goal from the config; the operator's pause/leave is kept in the core's goal.
+    desired_terms: Terms,
+    head: Option<BlockRef>,
+    balance: Option<Wei>,
+    polls: u64,
+    consecutive_failures: u32,
+    /// Whether the last poll completed.
+    healthy: bool,
+}
+
+/// Unix seconds now.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
+    let notifier = Notifier::from_env();
+    let state_dir = config.state.dir.clone();
+    let password = Password::from_systemd_credentials()?;
+    let (identity, origin) = Identity::load_or_create(&state_dir, &password)?;
+    let me = decode::address(identity.address());
+    match origin {
+        KeyOrigin::Created => info!(address = %me, dir = %state_dir.display(), "generated the worker key"),
+        KeyOrigin::Loaded => info!(address = %me, "loaded the worker key"),
+    }
+
+    let deployment = match &config.chain.contracts {
+        Contracts::DeploymentFile(path) => Deployment::load(path)?,
+        Contracts::Dispatcher { address, deploy_block } => Deployment {
+            chain_id: config.chain.chain_id.unwrap_or(0),
+            dispatcher: *address,
+            deploy_block: *deploy_block,
+        },
+    };
+    if let Some(expected) = config.chain.chain_id
+        && deployment.chain_id != 0
+        && expected != deployment.chain_id
+    {
+        anyhow::bail!(
+            "chain.chain_id is {expected} but the deployment is on chain {}: which one is meant?",
+            deployment.chain_id
+        );
+    }
+
+    let db_path = state_dir.join("state.redb");
+    let store = DbStore::open(&db_path)?;
+    let snapshot = match Store::<Snapshot>::load(&store)? {
+        Some(s) => {
+            anyhow::ensure!(
+                s.version == SNAPSHOT_VERSION,
+                "{} holds state format {} and this daemon reads {SNAPSHOT_VERSION}",
+                db_path.display(),
+                s.version
+            );
+            anyhow::ensure!(
+                s.dispatcher == deployment.dispatcher.0.0,
+                "the state in {} belongs to dispatcher {} but the config points to {}; move the state \
+                 directory aside to start afresh on the new deployment",
+                db_path.display(),
+                Address(s.dispatcher),
+                deployment.dispatcher
+            );
+            info!(
+                block = s.cursor.map(|c| c.number),
+                transactions = s.outbox.len(),
+                "resuming from the saved state"
+            );
+            s
+        }
+        None => Snapshot {
+            version: SNAPSHOT_VERSION,
+            chain_id: deployment.chain_id,
+            dispatcher: deployment.dispatcher.0.0,
+            node: None,
+            cursor: None,
+            checkpoints: VecDeque::new(),
+            outbox: Outbox::default(),
+        },
+    };
+
+    let capacity = crate::host::measure(&state_dir)?;
+    let desired_terms = crate::host::terms(&capacity, &config.worker, identity.encryption_public_key())?;
+    info!(
+        arch = %desired_terms.arch, cpu_millis = desired_terms.cpu_millis, memory_mib = desired_terms.memory_mib,
+        disk_mib = desired_terms.disk_mib, price_per_second = desired_terms.price_per_second, "offering"
+    );
+
+    let chain = AlloyChain::new(
+        config.chain.rpc_url.clone(),
+        deployment.dispatcher,
+        identity.signer().clone(),
+        config.chain.max_fee_per_gas,
+    );
+
+    // Listeners before READY: a client that sees the unit started can talk to it.
+    let control = ControlServer::bind(&config.api.control_socket, Default::default())?;
+    let http = crate::api::http::HttpServer::bind(config.api.http_listen, Default::default()).await?;
+    let metrics = Metrics::new();
+    let status = StatusReport {
+        version: crate::version::LONG.to_owned(),
+        address: me.to_string(),
+        state_dir: state_dir.display().to_string(),
+        started_at: unix_now(),
+        chain: ChainStatus {
+            rpc_url: config.chain.rpc_url.to_string(),
+            chain_id: deployment.chain_id,
+            poll_interval_secs: config.chain.poll_interval.as_secs().max(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (status_tx, status_rx) = watch::channel(status.clone());
+    let (command_tx, mut command_rx) = mpsc::channel(16);
+    let cancel = CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    tracker.spawn(control.serve(status_rx.clone(), command_tx, cancel.clone().cancelled_owned()));
+    tracker.spawn(http.serve(status_rx, metrics.clone(), cancel.clone().cancelled_owned()));
+
+    let mut daemon = Daemon {
+        chain,
+        store,
+        config: config.clone(),
+        config_path: config_path.to_owned(),
+        me,
+        encryption_key: identity.encryption_public_key(),
+        deployment,
+        snapshot,
+        status,
+        metrics,
+        desired_terms,
+        head: None,
+        balance: None,
+        polls: 0,
+        consecutive_failures: 0,
+        healthy: true,
+    };
+    notifier.ready().ok();
+    notifier.status("starting: contacting the chain").ok();
+    info!(socket = %config.api.control_socket.display(), http = %config.api.http_listen, "ready");
+
+    let mut poll = tokio::time::interval(config.chain.poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watchdog =
+        tokio::time::interval(notifier.watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let trigger = tokio::select! {
+            _ = poll.tick() => Trigger::Poll,
+            Some(command) = command_rx.recv() => Trigger::Command(command),
+            _ = sighup.recv() => Trigger::Reload,
+            _ = watchdog.tick() => Trigger::Watchdog,
+            _ = sigterm.recv() => Trigger::Shutdown,
+            _ = tokio::signal::ctrl_c() => Trigger::Shutdown,
+        };
+        match trigger {
+            Trigger::Poll => {
+                daemon.poll_and_report().await;
+                notifier.status(&daemon.status_line()).ok();
+                status_tx.send_replace(daemon.status.clone());
+            }
+            Trigger::Command(ControlCommand { command, reply }) => {
+                let answer = daemon.command(command);
+                // The next poll acts on it; answer now.
+                let _ = reply.send(answer);
+                status_tx.send_replace(daemon.status.clone());
+                poll.reset_immediately();
+            }
+            Trigger::Reload => {
+                notifier.reloading().ok();
+                match daemon.reload() {
+                    Ok(message) => info!("{message}"),
+                    Err(error) => {
+                        warn!(error = %format!("{error:#}"), "reload refused; keeping the running config")
+                    }
+                }
+                notifier.ready().ok();
+                poll.reset_immediately();
+            }
+            // The loop is turning and the state can be saved: tell systemd we are alive.
+            Trigger::Watchdog => {
+                if daemon.healthy {
+                    notifier.watchdog().ok();
+                }
+            }
+            Trigger::Shutdown => break,
+        }
+    }
+    notifier.stopping().ok();
+    info!("stopping");
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+        warn!("control and HTTP servers did not stop within 5 s");
+    }
+    daemon.save().context("saving the state at shutdown")?;
+    Ok(())
+}
+
+impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
+    fn save(&self) -> Result<(), crate::store::StoreError> {
+        self.store.save(&self.snapshot)
+    }
+
+    /// One poll, with its outcome in the status and the logs.
+    async fn poll_and_report(&mut self) {
+        self.polls += 1;
+        match self.poll().await {
+            Ok(()) => {
+                if self.consecutive_failures > 0 {
+                    info!(after = self.consecutive_failures, "chain reachable again");
+                }
+                self.consecutive_failures = 0;
+                self.status.chain.connected = true;
+                self.status.chain.last_sync = Some(unix_now());
+                self.healthy = true;
+            }
+            Err(error) => {
+                self.consecutive_failures += 1;
+                let message = format!("{error:#}");
+                // Every failure is counted; the first of a run and every tenth are logged.
+                if self.consecutive_failures == 1 || self.consecutive_failures.is_multiple_of(10) {
+                    warn!(failures = self.consecutive_failures, error = %message, "poll failed; retrying");
+                }
+                self.status.chain.connected = false;
+                self.status.last_error = Some(LastError { message, at: unix_now() });
+                // A store that cannot save is worth a restart; an unreachable RPC is not.
+                self.healthy = error.downcast_ref::<crate::store::StoreError>().is_none();
+            }
+        }
+        self.refresh_status();
+    }
+
+    async fn poll(&mut self) -> anyhow::Result<()> {
+        let head = self.chain.head().await?;
+        self.head = Some(head);
+        let mut events = Vec::new();
+
+        if self.snapshot.node.is_none() {
+            let chain_id = self.chain.chain_id().await?;
+            anyhow::ensure!(
+                self.deployment.chain_id == 0 || chain_id == self.deployment.chain_id,
+                "the RPC endpoint serves chain {chain_id} but the deployment is on chain {}",
+                self.deployment.chain_id
+            );
+            let params = self.chain.params().await?;
+            let goal = Goal::Serve { terms: self.desired_terms, stake: self.desired_stake() };
+            let mut node = Node::new(self.me, params, goal);
+            // Following starts at the deployment block: before it, nobody is registered.
+            node.on_event(Event::RegistrationRead(Registration::NotRegistered));
+            self.snapshot.node = Some(node);
+            self.snapshot.chain_id = chain_id;
+            self.snapshot.cursor = None;
+        }
+
+        // A reorg deeper than the confirmations replaced a block we processed: rewind.
+        if let Some(cursor) = self.snapshot.cursor {
+            let canonical = self.chain.block(cursor.number).await?;
+            if canonical.map(|b| b.hash) != Some(cursor.hash) {
+                self.rewind().await?;
+            }
+        }
+
+        let confirmations = u64::from(self.config.chain.confirmations);
+        let target = head.number.saturating_sub(confirmations);
+        let mut processed =
+            self.snapshot.cursor.map_or(self.deployment.deploy_block.saturating_sub(1), |c| c.number);
+        let mut touched = false;
+        for _ in 0..MAX_RANGES_PER_POLL {
+            if processed >= target {
+                break;
+            }
+            let from = processed + 1;
+            let to = target.min(from + MAX_RANGE - 1);
+            let chain_events = self.chain.events_for(self.me, from, to).await?;
+            let block = self.chain.block(to).await?.with_context(|| format!("block {to} vanished"))?;
+            let node = self.snapshot.node.as_mut().expect("set above");
+            for event in &chain_events {
+                debug!(?event, "chain event");
+                events.extend(node.on_event(Event::Chain(event.clone())));
+            }
+            if !chain_events.is_empty() {
+                touched = true;
+                let (stake, credits) = self.chain.stake_and_credits(self.me, to).await?;
+                let node = self.snapshot.node.as_mut().expect("set above");
+                events
+                    .extend(node.on_event(Event::Chain(ChainEvent::StakeChanged { worker: self.me, stake })));
+                events.extend(node.on_event(Event::Chain(ChainEvent::Credits { amount: credits })));
+            }
+            let node = self.snapshot.node.as_mut().expect("set above");
+            events.extend(node.on_event(Event::Synced {
+                block: to,
+                timestamp: block.timestamp,
+                at_head: to == target,
+            }));
+            self.snapshot.cursor = Some(block);
+            self.snapshot.checkpoints.push_back((block, node.clone()));
+            while self.snapshot.checkpoints.len() > CHECKPOINTS {
+                self.snapshot.checkpoints.pop_front();
+            }
+            processed = to;
+        }
+
+        // Receipts of what is in flight.
+        let unmined: Vec<(String, [u8; 32])> =
+            self.snapshot.outbox.unmined().map(|(k, tx)| (k.to_owned(), tx.hash)).collect();
+        for (key, hash) in unmined {
+            if let Some(receipt) = self.chain.receipt(hash).await?
+                && self.snapshot.outbox.mark_mined(&key, receipt.block, receipt.success)
+            {
+                info!(tx = %key, block = receipt.block, success = receipt.success, gas = receipt.gas_used, "mined");
+                let node = self.snapshot.node.as_mut().expect("set above");
+                events.extend(node.on_event(Event::TxMined {
+                    key: key.clone(),
+                    block: receipt.block,
+                    success: receipt.success,
+                }));
+            }
+        }
+        self.snapshot.outbox.settle(processed);
+
+        // Sign what the core decided, in order, with consecutive nonces.
+        let mut queue: VecDeque<Action> = events.into();
+        let mut mined_nonce = None;
+        while let Some(Action::Send(intent)) = queue.pop_front() {
+            let key = intent.key();
+            if self.snapshot.outbox.contains(&key) {
+                continue;
+            }
+            let chain_nonce = match mined_nonce {
+                Some(n) => n,
+                None => *mined_nonce.insert(self.chain.mined_nonce(self.me).await?),
+            };
+            let nonce = self.snapshot.outbox.next_nonce(chain_nonce);
+            match self.chain.sign(&intent, nonce).await {
+                Ok(tx) => {
+                    info!(tx = %key, nonce, hash = %alloy::primitives::B256::from(tx.hash), "sending");
+                    self.snapshot.outbox.insert(intent, tx);
+                }
+                Err(error) => {
+                    let retry_in = match error {
+                        ChainError::Revert { .. } => RETRY_AFTER_SECS,
+                        ChainError::Rpc { .. } => 5,
+                    };
+                    warn!(tx = %key, error = %error, "not sent");
+                    let now = self.head.map_or(0, |h| h.timestamp);
+                    let node = self.snapshot.node.as_mut().expect("set above");
+                    queue.extend(node.on_event(Event::TxAbandoned {
+                        key,
+                        reason: error.to_string(),
+                        retry_at: now + retry_in,
+                    }));
+                }
+            }
+        }
+
+        // Durable before anything leaves this machine.
+        self.save()?;
+        let unmined: Vec<_> =
+            self.snapshot.outbox.unmined().map(|(k, tx)| (k.to_owned(), tx.clone())).collect();
+        for (key, tx) in unmined {
+            if let Err(error) = self.chain.broadcast(&tx).await {
+                warn!(tx = %key, %error, "broadcast failed; retrying next poll");
+            } else {
+                self.metrics.transaction_sent();
+            }
+        }
+
+        if touched || self.balance.is_none() || self.polls.is_multiple_of(30) {
+            self.balance = Some(self.chain.balance(self.me).await?);
+        }
+        Ok(())
+    }
+
+    /// Goes back to the newest checkpoint still on the canonical chain.
+    async fn rewind(&mut self) -> anyhow::Result<()> {
+        let from = self.snapshot.cursor.map(|c| c.number);
+        while let Some((block, node)) = self.snapshot.checkpoints.back().cloned() {
+            let canonical = self.chain.block(block.number).await?;
+            if canonical.map(|b| b.hash) == Some(block.hash) {
+                let mut node = node;
+                node.mark_in_flight(self.snapshot.outbox.keys());
+                self.snapshot.node = Some(node);
+                self.snapshot.cursor = Some(block);
+                warn!(from, to = block.number, "chain reorganised: rewound to the last common block");
+                return Ok(());
+            }
+            self.snapshot.checkpoints.pop_back();
+        }
+        // Deeper than every checkpoint: start over from the deployment.
+        warn!(
+            from,
+            "chain reorganised deeper than the saved checkpoints: following again from the deployment"
+        );
+        self.snapshot.node = None;
+        self.snapshot.cursor = None;
+        anyhow::bail!("reorg deeper than {CHECKPOINTS} checkpoints: resynchronising")
+    }
+
+    fn desired_stake(&self) -> Wei {
+        self.config.worker.stake.map_or(0, |s| s.to::<u128>())
+    }
+
+    /// A control command; the answer for the operator.
+    fn command(&mut self, command: Command) -> Result<String, String> {
+        let Some(node) = self.snapshot.node.as_mut() else {
+            return Err("the daemon has not reached the chain yet; try again shortly".into());
+        };
+        let (terms, stake) = (self.desired_terms, self.config.worker.stake.map_or(0, |s| s.to::<u128>()));
+        let (goal, message) = match command {
+            Command::Leave => (
+                Goal::Leave,
+                "leaving: no new work from now; the stake comes back after the unbonding delay, once the \
+                 running agreements have closed (zeppelin status shows the progress)"
+                    .to_owned(),
+            ),
+            Command::Pause => {
+                (Goal::Pause { terms, stake }, "pausing: no new work until `zeppelin resume`".into())
+            }
+            Command::Resume => (Goal::Serve { terms, stake }, "resuming: taking new work again".into()),
+            Command::Reload => return self.reload().map_err(|e| format!("{e:#}")),
+        };
+        info!(?command, "operator command");
+        // Decisions are made at the next poll, with fresh chain state.
+        node.on_event(Event::GoalChanged(goal));
+        Ok(message)
+    }
+
+    /// Re-reads the config file and applies what can change while running.
+    fn reload(&mut self) -> anyhow::Result<String> {
+        let config = Config::load(&self.config_path)?;
+        let capacity = crate::host::measure(&config.state.dir)?;
+        let terms = crate::host::terms(&capacity, &config.worker, self.encryption_key)?;
+        let mut restart_needed = Vec::new();
+        if config.chain != self.config.chain {
+            restart_needed.push("[chain]");
+        }
+        if config.state != self.config.state {
+            restart_needed.push("[state]");
+        }
+        if config.api != self.config.api {
+            restart_needed.push("[api]");
+        }
+        let stake = config.worker.stake.map_or(0, |s| s.to::<u128>());
+        self.desired_terms = terms;
+        if let Some(node) = self.snapshot.node.as_mut() {
+            let goal = match node.goal() {
+                Goal::Serve { .. } => Goal::Serve { terms, stake },
+                Goal::Pause { .. } => Goal::Pause { terms, stake },
+                Goal::Leave => Goal::Leave,
+            };
+            node.on_event(Event::GoalChanged(goal));
+        }
+        self.config.worker = config.worker;
+        let mut message = format!("reloaded {}", self.config_path.display());
+        if !restart_needed.is_empty() {
+            message += &format!("; changes in {} take effect after a restart", restart_needed.join(", "));
+        }
+        Ok(message)
+    }
+
+    /// The one-line STATUS= for systemd.
+    fn status_line(&self) -> String {
+        if !self.status.chain.connected {
+            return format!("RPC {} unreachable, retrying", self.config.chain.rpc_url);
+        }
+        let Some(node) = &self.snapshot.node else { return "contacting the chain".into() };
+        let open = node.agreements().filter(|a| a.stage.is_open()).count();
+        let lag = self.status.chain.head_block.unwrap_or(0).saturating_sub(self.status.chain.processed_block);
+        let state = match node.registration() {
+            Registration::Unknown => "starting".to_owned(),
+            Registration::NotRegistered if node.in_flight().any(|k| k == "register") => "registering".into(),
+            Registration::NotRegistered => "not registered".into(),
+            Registration::Active { .. } => "registered".into(),
+            Registration::Paused { .. } => "registered, paused".into(),
+            Registration::Leaving { .. } => "leaving".into(),
+        };
+        if lag > u64::from(self.config.chain.confirmations) + 5 {
+            format!("{state}, {open} agreements, catching up ({lag} blocks behind)")
+        } else {
+            format!("{state}, {open} agreements")
+        }
+    }
+
+    /// Brings the published status up to date with the daemon's state.
+    fn refresh_status(&mut self) {
+        let s = &mut self.status;
+        s.chain.head_block = self.head.map(|h| h.number);
+        s.chain.processed_block = self.snapshot.cursor.map_or(0, |c| c.number);
+        s.chain.chain_id = self.snapshot.chain_id;
+        s.balance_wei = self.balance.unwrap_or(0);
+        s.transactions_in_flight = self.snapshot.outbox.keys().map(str::to_owned).collect();
+        let Some(node) = &self.snapshot.node else { return };
+        s.credits_wei = node.credits();
+        let terms_status = |t: &Terms| TermsStatus {
+            arch: t.arch.name().to_owned(),
+            cpu_millis: t.cpu_millis,
+            memory_mib: t.memory_mib,
+            disk_mib: t.disk_mib,
+            price_per_second_wei: t.price_per_second,
+            slots: t.slots,
+        };
+        s.registration = match node.registration() {
+            Registration::Unknown => RegistrationStatus::default(),
+            Registration::NotRegistered => {
+                RegistrationStatus { state: RegistrationState::NotRegistered, terms: None, stake_wei: 0 }
+            }
+            Registration::Active { terms, stake } => RegistrationStatus {
+                state: RegistrationState::Active,
+                terms: Some(terms_status(&terms)),
+                stake_wei: stake,
+            },
+            Registration::Paused { terms, stake } => RegistrationStatus {
+                state: RegistrationState::Paused,
+                terms: Some(terms_status(&terms)),
+                stake_wei: stake,
+            },
+            Registration::Leaving { stake, unbond_at } => RegistrationStatus {
+                state: RegistrationState::Leaving { unbond_at },
+                terms: None,
+                stake_wei: stake,
+            },
+        };
+        s.agreements = node
+            .agreements()
+            .map(|a| AgreementStatus {
+                id: a.id,
+                role: match a.role {
+                    Role::Worker => AgreementRole::Worker,
+                    Role::Verifier => AgreementRole::Verifier,
+                },
+                stage: match a.stage {
+                    Stage::Created { .. } => AgreementStage::Created,
+                    Stage::Accepted { .. } => AgreementStage::Accepted,
+                    Stage::Running { .. } => AgreementStage::Running,
+                    Stage::Terminated { .. } => AgreementStage::Terminated,
+                    Stage::Finished => AgreementStage::Finished,
+                    Stage::Cancelled => AgreementStage::Cancelled,
+                    Stage::Aborted => AgreementStage::Aborted,
+                },
+                client: a.client.to_string(),
+                worker: a.worker.to_string(),
+            })
+            .collect();
+        if let Some(error) = node.last_error() {
+            let known = s.last_error.as_ref().is_some_and(|e| e.message == error);
+            if !known && s.chain.connected {
+                s.last_error = Some(LastError { message: error.to_owned(), at: unix_now() });
+            }
+        }
+    }
+}
