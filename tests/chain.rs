@@ -5,6 +5,7 @@ use alloy::network::EthereumWallet;
 use alloy::node_bindings::{Anvil, AnvilInstance};
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
+use zeppelin::api::Metrics;
 use zeppelin::chain::bindings::WorkerDispatcher;
 use zeppelin::chain::client::{AlloyChain, Chain, ChainError};
 use zeppelin::chain::decode;
@@ -52,7 +53,7 @@ async fn a_registration_is_signed_sent_mined_and_followed_back_as_our_event() {
     let (anvil, dispatcher) = devnet().await;
     let signer = PrivateKeySigner::from(anvil.keys()[1].clone());
     let me = decode::address(signer.address());
-    let chain = AlloyChain::new(anvil.endpoint_url(), dispatcher, signer, None);
+    let chain = AlloyChain::new(anvil.endpoint_url(), dispatcher, signer, None, Metrics::new());
 
     assert_eq!(chain.chain_id().await.unwrap(), 31337);
     assert_eq!(chain.params().await.unwrap().min_stake, ETH);
@@ -66,7 +67,7 @@ async fn a_registration_is_signed_sent_mined_and_followed_back_as_our_event() {
     // Another worker's registration is not ours to see.
     let other = PrivateKeySigner::from(anvil.keys()[2].clone());
     let other_me = decode::address(other.address());
-    let other_chain = AlloyChain::new(anvil.endpoint_url(), dispatcher, other, None);
+    let other_chain = AlloyChain::new(anvil.endpoint_url(), dispatcher, other, None, Metrics::new());
     let later = mine(&other_chain, other_me, Intent::Register { terms: terms(), stake: ETH }).await;
     assert!(chain.events_for(me, block + 1, later).await.unwrap().is_empty());
 }
@@ -76,7 +77,7 @@ async fn a_call_that_would_revert_is_refused_before_sending_with_the_contract_er
     let (anvil, dispatcher) = devnet().await;
     let signer = PrivateKeySigner::from(anvil.keys()[1].clone());
     let me = decode::address(signer.address());
-    let chain = AlloyChain::new(anvil.endpoint_url(), dispatcher, signer, None);
+    let chain = AlloyChain::new(anvil.endpoint_url(), dispatcher, signer, None, Metrics::new());
     mine(&chain, me, Intent::Register { terms: terms(), stake: ETH }).await;
 
     let err = chain.sign(&Intent::Register { terms: terms(), stake: ETH }, 1).await.unwrap_err();
@@ -99,8 +100,17 @@ async fn a_call_that_would_revert_is_refused_before_sending_with_the_contract_er
 #[tokio::test]
 async fn an_unreachable_node_is_an_rpc_error_naming_the_url() {
     let dead: url::Url = "http://127.0.0.1:9/".parse().unwrap();
-    let chain = AlloyChain::new(dead, alloy::primitives::Address::ZERO, PrivateKeySigner::random(), None);
+    let metrics = Metrics::new();
+    let chain = AlloyChain::new(
+        dead,
+        alloy::primitives::Address::ZERO,
+        PrivateKeySigner::random(),
+        None,
+        metrics.clone(),
+    );
     let err = chain.head().await.unwrap_err().to_string();
     assert!(err.starts_with("rpc eth_getBlockByNumber at http://127.0.0.1:9/: "), "{err}");
-    assert_eq!(chain.stats().errors.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let text = metrics.render(&Default::default());
+    assert!(text.contains("zeppelin_rpc_errors_total 1"), "{text}");
+    assert!(text.contains(r#"zeppelin_rpc_requests_total{method="eth_getBlockByNumber"} 1"#), "{text}");
 }

@@ -171,17 +171,18 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         disk_mib = desired_terms.disk_mib, price_per_second = desired_terms.price_per_second, "offering"
     );
 
+    let metrics = Metrics::new();
     let chain = AlloyChain::new(
         config.chain.rpc_url.clone(),
         deployment.dispatcher,
         identity.signer().clone(),
         config.chain.max_fee_per_gas,
+        metrics.clone(),
     );
 
     // Listeners before READY: a client that sees the unit started can talk to it.
     let control = ControlServer::bind(&config.api.control_socket, Default::default())?;
     let http = crate::api::http::HttpServer::bind(config.api.http_listen, Default::default()).await?;
-    let metrics = Metrics::new();
     let status = StatusReport {
         version: crate::version::LONG.to_owned(),
         address: me.to_string(),

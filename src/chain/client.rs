@@ -6,8 +6,6 @@
 //! `eth_getBlockByNumber`. Nothing here asks about other workers, so the cost does not grow with
 //! the size of the market.
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use alloy::eips::{BlockId, BlockNumberOrTag, Encodable2718};
 use alloy::network::{EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
@@ -21,8 +19,12 @@ use url::Url;
 
 use super::bindings::WorkerDispatcher::{self, WorkerDispatcherErrors};
 use super::decode;
+use crate::api::Metrics;
 use crate::core::node::{ChainEvent, Intent, ProtocolParams};
 use crate::core::types::{Address, Wei};
+
+/// The longest one RPC request may take.
+pub const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A block, as far as the follower cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,13 +93,6 @@ pub trait Chain {
     fn receipt(&self, hash: [u8; 32]) -> impl Future<Output = Result<Option<Receipt>, ChainError>> + Send;
 }
 
-/// RPC counters, for the metrics and the per-block cost figures.
-#[derive(Debug, Default)]
-pub struct RpcStats {
-    pub requests: AtomicU64,
-    pub errors: AtomicU64,
-}
-
 /// [`Chain`] over alloy's HTTP provider, signing with the worker's key.
 #[derive(Clone)]
 pub struct AlloyChain {
@@ -106,34 +101,44 @@ pub struct AlloyChain {
     dispatcher: EthAddress,
     signer: PrivateKeySigner,
     max_fee_per_gas: Option<u128>,
-    stats: Arc<RpcStats>,
+    metrics: Metrics,
 }
 
 impl AlloyChain {
+    /// Every request is counted in `metrics` (by method), every failure too. Requests time out
+    /// after [`RPC_TIMEOUT`], so a hung endpoint cannot stall the daemon's loop.
     pub fn new(
         rpc: Url,
         dispatcher: EthAddress,
         signer: PrivateKeySigner,
         max_fee_per_gas: Option<u128>,
+        metrics: Metrics,
     ) -> Self {
         // reqwest's rustls has no built-in provider (see `tls`): make sure ring is installed.
         crate::tls::install_crypto_provider();
         let url = rpc.to_string();
-        let provider = ProviderBuilder::new().connect_http(rpc).erased();
-        AlloyChain { provider, url, dispatcher, signer, max_fee_per_gas, stats: Arc::default() }
-    }
-
-    pub fn stats(&self) -> Arc<RpcStats> {
-        self.stats.clone()
+        let http = reqwest::Client::builder()
+            .timeout(RPC_TIMEOUT)
+            .connect_timeout(RPC_TIMEOUT)
+            .build()
+            .expect("a client with only timeouts set always builds");
+        let is_local =
+            rpc.host_str().is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]");
+        let client = alloy::rpc::client::RpcClient::new(
+            alloy::transports::http::Http::with_client(http, rpc),
+            is_local,
+        );
+        let provider = ProviderBuilder::new().connect_client(client).erased();
+        AlloyChain { provider, url, dispatcher, signer, max_fee_per_gas, metrics }
     }
 
     fn rpc_err(&self, method: &'static str, e: impl std::fmt::Display) -> ChainError {
-        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.rpc_error();
         ChainError::Rpc { method, url: self.url.clone(), message: e.to_string() }
     }
 
-    fn count(&self) {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+    fn count(&self, method: &str) {
+        self.metrics.rpc_request(method);
     }
 
     fn call(&self) -> WorkerDispatcher::WorkerDispatcherInstance<&DynProvider> {
@@ -176,12 +181,12 @@ fn topic(a: Address) -> B256 {
 
 impl Chain for AlloyChain {
     async fn chain_id(&self) -> Result<u64, ChainError> {
-        self.count();
+        self.count("eth_chainId");
         self.provider.get_chain_id().await.map_err(|e| self.rpc_err("eth_chainId", e))
     }
 
     async fn head(&self) -> Result<BlockRef, ChainError> {
-        self.count();
+        self.count("eth_getBlockByNumber");
         let block = self
             .provider
             .get_block_by_number(BlockNumberOrTag::Latest)
@@ -192,7 +197,7 @@ impl Chain for AlloyChain {
     }
 
     async fn block(&self, number: u64) -> Result<Option<BlockRef>, ChainError> {
-        self.count();
+        self.count("eth_getBlockByNumber");
         let block = self
             .provider
             .get_block_by_number(BlockNumberOrTag::Number(number))
@@ -209,7 +214,7 @@ impl Chain for AlloyChain {
         let filters = [base.clone().topic1(me), base.clone().topic2(me), base.topic3(me)];
         let mut logs = Vec::new();
         for filter in &filters {
-            self.count();
+            self.count("eth_getLogs");
             logs.extend(self.provider.get_logs(filter).await.map_err(|e| self.rpc_err("eth_getLogs", e))?);
         }
         logs.sort_by_key(|l| (l.block_number, l.log_index));
@@ -218,7 +223,7 @@ impl Chain for AlloyChain {
     }
 
     async fn params(&self) -> Result<ProtocolParams, ChainError> {
-        self.count();
+        self.count("eth_call");
         let p = self.call().params().call().await.map_err(|e| self.rpc_err("eth_call params", e))?;
         Ok(decode::params(&p))
     }
@@ -226,7 +231,7 @@ impl Chain for AlloyChain {
     async fn stake_and_credits(&self, who: Address, at: u64) -> Result<(Wei, Wei), ChainError> {
         let me = decode::eth_address(who);
         let block = BlockId::number(at);
-        self.count();
+        self.count("eth_call");
         let worker = self
             .call()
             .getWorker(me)
@@ -234,7 +239,7 @@ impl Chain for AlloyChain {
             .call()
             .await
             .map_err(|e| self.rpc_err("eth_call getWorker", e))?;
-        self.count();
+        self.count("eth_call");
         let credits = self
             .call()
             .credits(me)
@@ -246,7 +251,7 @@ impl Chain for AlloyChain {
     }
 
     async fn balance(&self, who: Address) -> Result<Wei, ChainError> {
-        self.count();
+        self.count("eth_getBalance");
         let b = self
             .provider
             .get_balance(decode::eth_address(who))
@@ -256,7 +261,7 @@ impl Chain for AlloyChain {
     }
 
     async fn mined_nonce(&self, who: Address) -> Result<u64, ChainError> {
-        self.count();
+        self.count("eth_getTransactionCount");
         self.provider
             .get_transaction_count(decode::eth_address(who))
             .latest()
@@ -273,11 +278,11 @@ impl Chain for AlloyChain {
             .with_input(Bytes::from(input))
             .with_value(value)
             .with_nonce(nonce);
-        self.count();
+        self.count("eth_estimateGas");
         let gas = match self.provider.estimate_gas(request.clone()).await {
             Ok(gas) => gas,
             Err(e) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.rpc_error();
                 if let Some(reason) = e.as_error_resp().and_then(|r| {
                     let decoded = r.as_decoded_interface_error::<WorkerDispatcherErrors>();
                     match decoded {
@@ -290,14 +295,13 @@ impl Chain for AlloyChain {
                 return Err(self.rpc_err("eth_estimateGas", e));
             }
         };
-        self.count();
+        self.count("eth_feeHistory");
         let fees =
             self.provider.estimate_eip1559_fees().await.map_err(|e| self.rpc_err("eth_feeHistory", e))?;
         let max_fee = match self.max_fee_per_gas {
             Some(cap) => fees.max_fee_per_gas.min(cap),
             None => fees.max_fee_per_gas,
         };
-        self.count();
         let chain_id = self.chain_id().await?;
         let request = request
             .with_chain_id(chain_id)
@@ -311,7 +315,7 @@ impl Chain for AlloyChain {
     }
 
     async fn broadcast(&self, tx: &SignedTx) -> Result<(), ChainError> {
-        self.count();
+        self.count("eth_sendRawTransaction");
         match self.provider.send_raw_transaction(&tx.raw).await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -330,7 +334,7 @@ impl Chain for AlloyChain {
     }
 
     async fn receipt(&self, hash: [u8; 32]) -> Result<Option<Receipt>, ChainError> {
-        self.count();
+        self.count("eth_getTransactionReceipt");
         let receipt = self
             .provider
             .get_transaction_receipt(B256::from(hash))
