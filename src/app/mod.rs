@@ -91,6 +91,8 @@ struct Daemon<C, S> {
     consecutive_failures: u32,
     /// Whether the last poll completed.
     healthy: bool,
+    /// Decisions the core made outside a poll (commands, reloads), signed at the next poll.
+    queued: Vec<Action>,
 }
 
 /// Unix seconds now.
@@ -220,7 +222,10 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         polls: 0,
         consecutive_failures: 0,
         healthy: true,
+        queued: Vec::new(),
     };
+    // The config may have changed while the daemon was stopped.
+    daemon.apply_config_goal();
     notifier.ready().ok();
     notifier.status("starting: contacting the chain").ok();
     info!(socket = %config.api.control_socket.display(), http = %config.api.http_listen, "ready");
@@ -321,7 +326,8 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
     async fn poll(&mut self) -> anyhow::Result<()> {
         let head = self.chain.head().await?;
         self.head = Some(head);
-        let mut events = Vec::new();
+        // What the core decides goes to `self.queued` at once, so that an error later in this
+        // poll cannot lose a decision the core already counts as in flight.
 
         if self.snapshot.node.is_none() {
             let chain_id = self.chain.chain_id().await?;
@@ -361,21 +367,25 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             let to = target.min(from + MAX_RANGE - 1);
             let chain_events = self.chain.events_for(self.me, from, to).await?;
             let block = self.chain.block(to).await?.with_context(|| format!("block {to} vanished"))?;
+            // Every read first, then the core: a failed read leaves the core untouched and
+            // the range is asked for again at the next poll.
+            let balances = if chain_events.is_empty() {
+                None
+            } else {
+                Some(self.chain.stake_and_credits(self.me, to).await?)
+            };
             let node = self.snapshot.node.as_mut().expect("set above");
             for event in &chain_events {
                 debug!(?event, "chain event");
-                events.extend(node.on_event(Event::Chain(event.clone())));
+                self.queued.extend(node.on_event(Event::Chain(event.clone())));
             }
-            if !chain_events.is_empty() {
+            if let Some((stake, credits)) = balances {
                 touched = true;
-                let (stake, credits) = self.chain.stake_and_credits(self.me, to).await?;
-                let node = self.snapshot.node.as_mut().expect("set above");
-                events
+                self.queued
                     .extend(node.on_event(Event::Chain(ChainEvent::StakeChanged { worker: self.me, stake })));
-                events.extend(node.on_event(Event::Chain(ChainEvent::Credits { amount: credits })));
+                self.queued.extend(node.on_event(Event::Chain(ChainEvent::Credits { amount: credits })));
             }
-            let node = self.snapshot.node.as_mut().expect("set above");
-            events.extend(node.on_event(Event::Synced {
+            self.queued.extend(node.on_event(Event::Synced {
                 block: to,
                 timestamp: block.timestamp,
                 at_head: to == target,
@@ -397,7 +407,7 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             {
                 info!(tx = %key, block = receipt.block, success = receipt.success, gas = receipt.gas_used, "mined");
                 let node = self.snapshot.node.as_mut().expect("set above");
-                events.extend(node.on_event(Event::TxMined {
+                self.queued.extend(node.on_event(Event::TxMined {
                     key: key.clone(),
                     block: receipt.block,
                     success: receipt.success,
@@ -406,12 +416,13 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
         }
         self.snapshot.outbox.settle(processed);
 
-        // Sign what the core decided, in order, with consecutive nonces.
-        let mut queue: VecDeque<Action> = events.into();
+        // Sign what the core decided, in order, with consecutive nonces. What is not signed
+        // when an RPC fails stays queued for the next poll.
         let mut mined_nonce = None;
-        while let Some(Action::Send(intent)) = queue.pop_front() {
+        while let Some(Action::Send(intent)) = self.queued.first().cloned() {
             let key = intent.key();
             if self.snapshot.outbox.contains(&key) {
+                self.queued.remove(0);
                 continue;
             }
             let chain_nonce = match mined_nonce {
@@ -419,7 +430,9 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
                 None => *mined_nonce.insert(self.chain.mined_nonce(self.me).await?),
             };
             let nonce = self.snapshot.outbox.next_nonce(chain_nonce);
-            match self.chain.sign(&intent, nonce).await {
+            let signed = self.chain.sign(&intent, nonce).await;
+            self.queued.remove(0);
+            match signed {
                 Ok(tx) => {
                     info!(tx = %key, nonce, hash = %alloy::primitives::B256::from(tx.hash), "sending");
                     self.snapshot.outbox.insert(intent, tx);
@@ -432,7 +445,7 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
                     warn!(tx = %key, error = %error, "not sent");
                     let now = self.head.map_or(0, |h| h.timestamp);
                     let node = self.snapshot.node.as_mut().expect("set above");
-                    queue.extend(node.on_event(Event::TxAbandoned {
+                    self.queued.extend(node.on_event(Event::TxAbandoned {
                         key,
                         reason: error.to_string(),
                         retry_at: now + retry_in,
@@ -466,7 +479,8 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             let canonical = self.chain.block(block.number).await?;
             if canonical.map(|b| b.hash) == Some(block.hash) {
                 let mut node = node;
-                node.mark_in_flight(self.snapshot.outbox.keys());
+                self.snapshot.outbox.unmark_mined_after(block.number);
+                node.reset_in_flight(self.snapshot.outbox.keys());
                 self.snapshot.node = Some(node);
                 self.snapshot.cursor = Some(block);
                 warn!(from, to = block.number, "chain reorganised: rewound to the last common block");
@@ -479,9 +493,24 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             from,
             "chain reorganised deeper than the saved checkpoints: following again from the deployment"
         );
+        self.snapshot.outbox.unmark_mined_after(0);
         self.snapshot.node = None;
         self.snapshot.cursor = None;
+        self.snapshot.checkpoints.clear();
         anyhow::bail!("reorg deeper than {CHECKPOINTS} checkpoints: resynchronising")
+    }
+
+    /// Feeds the config's terms and stake to the core, keeping the operator's pause or leave.
+    fn apply_config_goal(&mut self) {
+        let (terms, stake) = (self.desired_terms, self.desired_stake());
+        if let Some(node) = self.snapshot.node.as_mut() {
+            let goal = match node.goal() {
+                Goal::Serve { .. } => Goal::Serve { terms, stake },
+                Goal::Pause { .. } => Goal::Pause { terms, stake },
+                Goal::Leave => Goal::Leave,
+            };
+            self.queued.extend(node.on_event(Event::GoalChanged(goal)));
+        }
     }
 
     fn desired_stake(&self) -> Wei {
@@ -508,8 +537,8 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             Command::Reload => return self.reload().map_err(|e| format!("{e:#}")),
         };
         info!(?command, "operator command");
-        // Decisions are made at the next poll, with fresh chain state.
-        node.on_event(Event::GoalChanged(goal));
+        // Signed and sent at the next poll (which the loop starts at once).
+        self.queued.extend(node.on_event(Event::GoalChanged(goal)));
         Ok(message)
     }
 
@@ -528,17 +557,9 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
         if config.api != self.config.api {
             restart_needed.push("[api]");
         }
-        let stake = config.worker.stake.map_or(0, |s| s.to::<u128>());
         self.desired_terms = terms;
-        if let Some(node) = self.snapshot.node.as_mut() {
-            let goal = match node.goal() {
-                Goal::Serve { .. } => Goal::Serve { terms, stake },
-                Goal::Pause { .. } => Goal::Pause { terms, stake },
-                Goal::Leave => Goal::Leave,
-            };
-            node.on_event(Event::GoalChanged(goal));
-        }
         self.config.worker = config.worker;
+        self.apply_config_goal();
         let mut message = format!("reloaded {}", self.config_path.display());
         if !restart_needed.is_empty() {
             message += &format!("; changes in {} take effect after a restart", restart_needed.join(", "));

@@ -74,6 +74,16 @@ impl Outbox {
         self.pending.retain(|_, p| !matches!(p.mined, Some((block, _)) if block <= processed_block));
     }
 
+    /// After a reorg back to `block`: receipts from later blocks may be gone with them, so those
+    /// transactions are unmined again (their receipts are asked for, their bytes broadcast).
+    pub fn unmark_mined_after(&mut self, block: u64) {
+        for p in self.pending.values_mut() {
+            if matches!(p.mined, Some((mined, _)) if mined > block) {
+                p.mined = None;
+            }
+        }
+    }
+
     /// Drops a transaction that can never be mined (its nonce was used by another one).
     pub fn drop_key(&mut self, key: &str) -> Option<Pending> {
         self.pending.remove(key)
@@ -114,6 +124,18 @@ mod tests {
         assert!(outbox.contains("pause"));
         outbox.settle(10);
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_reorg_unmarks_receipts_from_the_abandoned_blocks() {
+        let mut outbox = Outbox::default();
+        outbox.insert(Intent::Pause, tx(0));
+        outbox.insert(Intent::Resume, tx(1));
+        outbox.mark_mined("pause", 5, true);
+        outbox.mark_mined("resume", 8, true);
+        outbox.unmark_mined_after(6);
+        let unmined: Vec<_> = outbox.unmined().map(|(k, _)| k).collect();
+        assert_eq!(unmined, vec!["resume"]);
     }
 
     #[test]

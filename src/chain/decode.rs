@@ -113,13 +113,10 @@ pub fn chain_event(log: &alloy::primitives::Log) -> Option<ChainEvent> {
             ChainEvent::AgreementTerminated { id: id(e.id), end_epoch: secs(e.endEpoch) }
         }
         Ev::PaymentRedeemed(e) => ChainEvent::PaymentRedeemed { id: id(e.id) },
-        // Slashes change the stake; the follower re-reads the registration when it sees one.
-        Ev::StakeSlashed(_)
-        | Ev::VerificationProvided(_)
-        | Ev::VerifierPaid(_)
-        | Ev::MessageSent(_)
-        | Ev::Withdrawn(_)
-        | Ev::VerificationScheduled(_) => return None,
+        // Money moved: the follower re-reads our stake and credits after these.
+        Ev::StakeSlashed(_) | Ev::VerifierPaid(_) | Ev::Withdrawn(_) => ChainEvent::BalancesMoved,
+        // Verification and the private channel land with their own issues.
+        Ev::VerificationProvided(_) | Ev::MessageSent(_) | Ev::VerificationScheduled(_) => return None,
     })
 }
 

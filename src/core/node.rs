@@ -205,6 +205,9 @@ pub enum ChainEvent {
     Credits {
         amount: Wei,
     },
+    /// A log naming us that moved money (a withdrawal, a slash, a verifier fee) and carries
+    /// nothing else for the core: the shell re-reads our stake and credits after it.
+    BalancesMoved,
 }
 
 /// Everything that can happen to the core.
@@ -313,12 +316,11 @@ impl Node {
         self.agreements.values().filter(|a| a.role == Role::Worker && a.stage.is_open()).count()
     }
 
-    /// After the shell restored an older state (a reorg), the transactions it still holds are
-    /// in flight whatever that state remembered: never decide them again.
-    pub fn mark_in_flight<'a>(&mut self, keys: impl IntoIterator<Item = &'a str>) {
-        for key in keys {
-            self.in_flight.entry(key.to_owned()).or_insert(InFlight::Sent);
-        }
+    /// After the shell restored an older state (a reorg), what is in flight is exactly what the
+    /// shell still holds: those keys are never decided again, and anything else the old state
+    /// remembered (sent from a timeline that no longer exists) is decided afresh.
+    pub fn reset_in_flight<'a>(&mut self, keys: impl IntoIterator<Item = &'a str>) {
+        self.in_flight = keys.into_iter().map(|key| (key.to_owned(), InFlight::Sent)).collect();
     }
 
     /// Feeds one event; returns the transactions to send.
@@ -793,10 +795,14 @@ mod tests {
     }
 
     #[test]
-    fn transactions_the_shell_still_holds_stay_in_flight_after_a_rewind() {
+    fn after_a_rewind_in_flight_is_what_the_shell_still_holds() {
         let mut node = serving();
-        node.mark_in_flight(["register"]);
+        node.reset_in_flight(["register"]);
         assert!(node.on_event(Event::RegistrationRead(Registration::NotRegistered)).is_empty());
+        // A decision from the abandoned timeline that the shell no longer holds is made again.
+        node.reset_in_flight([]);
+        let actions = node.on_event(Event::Synced { block: 1, timestamp: 1, at_head: true });
+        assert_eq!(sends(&actions), vec![Intent::Register { terms: terms(), stake: ETH }]);
     }
 
     #[test]
