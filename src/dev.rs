@@ -92,6 +92,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             deployment_file: deployment_file.clone(),
             price: format!("{} gwei", i),
             extra: String::new(),
+            env: Vec::new(),
         };
         let worker = DevWorker::start(&std::env::current_exe()?, &spec, &funder).await?;
         println!(
@@ -146,6 +147,8 @@ pub struct WorkerSpec {
     pub price: String,
     /// More TOML lines for the `[worker]` table (caps, slots, stake).
     pub extra: String,
+    /// Environment for the daemon process (say, `NOTIFY_SOCKET` in tests).
+    pub env: Vec<(String, String)>,
 }
 
 impl WorkerSpec {
@@ -222,6 +225,7 @@ impl DevWorker {
             .arg("--config")
             .arg(self.spec.config_path())
             .env("ZEPPELIN_LOG_FORMAT", "journal")
+            .envs(self.spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -80,6 +80,7 @@ impl Net {
             deployment_file: self.deployment_file.clone(),
             price: "1 gwei".into(),
             extra: extra.into(),
+            env: Vec::new(),
         }
     }
 
@@ -395,4 +396,43 @@ async fn leave_gets_the_stake_back_after_the_unbonding_delay() {
     assert!(gained > stake * U256::from(99u64) / U256::from(100u64) && gained < stake, "{gained}");
     // withdrawStake and withdraw, after register and requestLeave.
     assert_eq!(net.nonce(worker.address).await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_hears_ready_its_status_watchdog_pings_and_stopping() {
+    let net = Net::start("notify").await;
+    let socket_path = net.dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut spec = net.spec("w", "");
+    spec.env = vec![
+        ("NOTIFY_SOCKET".into(), socket_path.display().to_string()),
+        // A watchdog of 2 s: systemd wants a ping at least every second.
+        ("WATCHDOG_USEC".into(), "2000000".into()),
+    ];
+    let mut worker = DevWorker::start(&common::zeppelin(), &spec, &net.keys[1]).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.iter().any(|m: &String| m.starts_with("STATUS=registered")) {
+        let n = socket.recv(&mut buf).expect("the daemon keeps talking to systemd");
+        seen.push(String::from_utf8_lossy(&buf[..n]).trim_end().to_owned());
+    }
+    let ready = seen.iter().position(|m| m == "READY=1").expect("READY=1 sent");
+    assert!(seen[..ready].iter().all(|m| !m.starts_with("STATUS=registered")), "READY comes first: {seen:?}");
+    assert_eq!(seen.last().unwrap(), "STATUS=registered, 0 agreements");
+    // Pings keep coming while the loop turns.
+    let pings = (0..20)
+        .filter_map(|_| socket.recv(&mut buf).ok().map(|n| buf[..n].to_vec()))
+        .filter(|m| m.trim_ascii_end() == b"WATCHDOG=1")
+        .count();
+    assert!(pings >= 2, "watchdog pings: {pings}");
+    assert!(worker.stop(Duration::from_secs(10)).await.unwrap().success());
+    let mut rest = Vec::new();
+    while let Ok(n) = socket.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..n]).trim_end().to_owned());
+        if rest.last().unwrap() == "STOPPING=1" {
+            break;
+        }
+    }
+    assert_eq!(rest.last().map(String::as_str), Some("STOPPING=1"), "{rest:?}");
 }
