@@ -93,6 +93,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             price: format!("{} gwei", i),
             extra: String::new(),
             env: Vec::new(),
+            ws_url: Some(anvil.ws_endpoint()),
+            poll_interval: "2s".into(),
         };
         let worker = DevWorker::start(&std::env::current_exe()?, &spec, &funder).await?;
         println!(
@@ -149,6 +151,10 @@ pub struct WorkerSpec {
     pub extra: String,
     /// Environment for the daemon process (say, `NOTIFY_SOCKET` in tests).
     pub env: Vec<(String, String)>,
+    /// `chain.ws_url`, if any.
+    pub ws_url: Option<String>,
+    /// `chain.poll_interval`.
+    pub poll_interval: String,
 }
 
 impl WorkerSpec {
@@ -162,14 +168,17 @@ impl WorkerSpec {
         self.dir.join("control.sock")
     }
 
-    /// Writes the worker's config file: instant confirmations and quick polls for a local chain.
+    /// Writes the worker's config file: no confirmations on a local chain (it does not reorg by
+    /// itself), and the spec's poll interval and WebSocket.
     pub fn write_config(&self, http_port: u16) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         let text = format!(
-            "[chain]\nrpc_url = \"{rpc}\"\ndeployment_file = \"{deployment}\"\nconfirmations = 0\n\
-             poll_interval = \"500ms\"\n\n[worker]\nprice_per_second = \"{price}\"\nstake = \"1 ether\"\n{extra}\n\
+            "[chain]\nrpc_url = \"{rpc}\"\n{ws}deployment_file = \"{deployment}\"\nconfirmations = 0\n\
+             poll_interval = \"{poll}\"\n\n[worker]\nprice_per_second = \"{price}\"\nstake = \"1 ether\"\n{extra}\n\
              [state]\ndir = \"{state}\"\n\n[api]\ncontrol_socket = \"{socket}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n",
             rpc = self.rpc_url,
+            ws = self.ws_url.as_ref().map(|u| format!("ws_url = \"{u}\"\n")).unwrap_or_default(),
+            poll = self.poll_interval,
             deployment = self.deployment_file.display(),
             price = self.price,
             extra = self.extra,

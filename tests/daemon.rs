@@ -81,6 +81,8 @@ impl Net {
             price: "1 gwei".into(),
             extra: extra.into(),
             env: Vec::new(),
+            ws_url: None,
+            poll_interval: "500ms".into(),
         }
     }
 
@@ -435,4 +437,19 @@ async fn systemd_hears_ready_its_status_watchdog_pings_and_stopping() {
         }
     }
     assert_eq!(rest.last().map(String::as_str), Some("STOPPING=1"), "{rest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_heads_over_the_websocket_wake_the_daemon_between_slow_polls() {
+    let net = Net::start("ws").await;
+    let mut spec = net.spec("w", "");
+    spec.poll_interval = "5m".into();
+    spec.ws_url = Some(format!("ws://127.0.0.1:{}", net.port));
+    let worker = DevWorker::start(&common::zeppelin(), &spec, &net.keys[1]).await.unwrap();
+    // The first poll runs at start and sends the registration; only a new head can make the
+    // daemon see it mined before the five-minute timer.
+    let report = worker.wait_registered(Duration::from_secs(20)).await.unwrap();
+    assert!(report.uptime_secs < 20);
+    let log = std::fs::read_to_string(&worker.log).unwrap();
+    assert!(log.contains("following new heads over the WebSocket"), "{log}");
 }

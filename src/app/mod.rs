@@ -202,6 +202,11 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let (command_tx, mut command_rx) = mpsc::channel(16);
     let cancel = CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
+    // New heads over the WebSocket, if configured, wake the loop early.
+    let (head_tx, mut head_rx) = mpsc::channel(1);
+    if let Some(ws) = config.chain.ws_url.clone() {
+        tracker.spawn(crate::chain::client::watch_heads(ws, head_tx, cancel.clone()));
+    }
     tracker.spawn(control.serve(status_rx.clone(), command_tx, cancel.clone().cancelled_owned()));
     tracker.spawn(http.serve(status_rx, metrics.clone(), cancel.clone().cancelled_owned()));
 
@@ -239,6 +244,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     loop {
         let trigger = tokio::select! {
             _ = poll.tick() => Trigger::Poll,
+            Some(()) = head_rx.recv() => Trigger::Poll,
             Some(command) = command_rx.recv() => Trigger::Command(command),
             _ = sighup.recv() => Trigger::Reload,
             _ = watchdog.tick() => Trigger::Watchdog,

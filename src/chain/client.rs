@@ -345,3 +345,54 @@ impl Chain for AlloyChain {
         }))
     }
 }
+
+/// Follows new heads over a WebSocket and pokes `poke` at each one, so the daemon polls as soon
+/// as a block arrives instead of at its next timer tick. Reconnects with backoff (1 s doubling
+/// to 30 s) until `cancel`. The timer keeps running, so a dead WebSocket costs latency, never
+/// correctness; the logs are still read over HTTP with the confirmations applied.
+pub async fn watch_heads(
+    url: Url,
+    poke: tokio::sync::mpsc::Sender<()>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    use alloy::providers::WsConnect;
+    const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(30);
+    let mut backoff = std::time::Duration::from_secs(1);
+    loop {
+        let connect = async {
+            let provider = ProviderBuilder::new().connect_ws(WsConnect::new(url.as_str())).await?;
+            let subscription = provider.subscribe_blocks().await?;
+            Ok::<_, alloy::transports::TransportError>((provider, subscription))
+        };
+        let connected = tokio::select! {
+            () = cancel.cancelled() => return,
+            result = tokio::time::timeout(RPC_TIMEOUT, connect) => result,
+        };
+        match connected {
+            Ok(Ok((_provider, mut subscription))) => {
+                tracing::info!(%url, "following new heads over the WebSocket");
+                backoff = std::time::Duration::from_secs(1);
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        header = subscription.recv() => match header {
+                            // A full channel means a poll is already due: nothing is lost.
+                            Ok(_) => { let _ = poke.try_send(()); }
+                            Err(error) => {
+                                tracing::warn!(%url, %error, "WebSocket subscription ended; reconnecting");
+                                break;
+                            }
+                        },
+                    }
+                }
+            }
+            Ok(Err(error)) => tracing::warn!(%url, %error, "WebSocket connection failed; polling meanwhile"),
+            Err(_) => tracing::warn!(%url, "WebSocket connection timed out; polling meanwhile"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
