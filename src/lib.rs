@@ -25,27 +25,45 @@
 //! actions, and the application loop carries them out through one small trait per outside
 //! system. Only the adapter for a system knows its library.
 //!
-//! ## Code map (what exists today; the diagram above is where it is going)
+//! ## Code map (what exists today; `runtime/`, `nat/` and `verify/` in the diagram come with
+//! their issues)
 //!
 //! - `main.rs`: thin entry: parse the command line, set up logging, map errors to an exit code.
+//! - [`cli`]: the subcommands (`daemon`, `status`, `leave`, `pause`, `resume`, `reload`, `dev`);
+//!   each one parses options and calls into the library.
+//! - [`app`]: the daemon's wiring and its one event loop ([`app::run`]): the `Trigger` enum
+//!   (poll timer, new head over WebSocket, control command, SIGHUP, watchdog, SIGTERM), one poll
+//!   (follow confirmed blocks, rewind on reorg, settle receipts, sign decisions, **save**, then
+//!   broadcast), and [`app::outbox`], the exactly-once transaction outbox.
+//! - [`core`]: the pure state machine `Node::on_event(event) -> actions`: registration
+//!   reconciled against the operator's goal, the agreement lifecycle, intents in flight.
+//! - [`chain`]: the only module that speaks Ethereum: the `Chain` trait and `AlloyChain`,
+//!   bindings generated from `contracts/abi/`, log decoding, the deployment file.
+//! - [`store`]: trait `Store`; the embedded database (redb) holding the daemon's snapshot.
 //! - [`api`]: observing and steering the running daemon: the `StatusReport` the app publishes,
-//!   the unix control socket (JSON lines: status, leave, pause, resume, reload) and its client,
-//!   `/health` and `/metrics` over HTTP on localhost, the human `zeppelin status` output.
-//! - [`cli`]: the subcommands; each one parses options and calls into the library.
+//!   the unix control socket (JSON lines) and its client, `/health` and `/metrics` over HTTP on
+//!   localhost, the human `zeppelin status` output.
+//! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG, RELOADING, STOPPING); a no-op outside systemd.
 //! - [`config`]: `/etc/zeppelin/zeppelin.toml` -> validated `Config` (pure; `load` is thin I/O).
-//! - [`core`]: the pure state machine: registration reconciliation and the agreement lifecycle
-//!   (events in, transactions out; no I/O, no clock).
-//! - [`dev`]: `zeppelin dev`, the local marketplace behind the README's main command.
 //! - [`identity`]: the worker's Ethereum key (V3 keystore in the state dir, 0600) and its
 //!   private-channel X25519 key derived from it; sealed boxes.
-//! - [`logging`]: tracing subscriber set-up (text or journald format).
-//! - [`store`]: trait `Store`; the embedded database (redb) holding the daemon's snapshot.
-//! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG, RELOADING, STOPPING); a no-op outside systemd.
-//! - [`tls`]: the one TLS policy: rustls with `ring`.
-//! - [`version`]: version, git revision and target triple.
+//! - [`host`]: what this machine offers (CPUs, memory, free disk), capped by the config.
+//! - [`dev`]: `zeppelin dev`, the local marketplace behind the README's main command, and
+//!   `DevWorker`, which the integration tests use to run real daemons.
+//! - [`logging`], [`tls`] (rustls with `ring` only), [`version`].
 //!
 //! ## Architecture invariants
 //!
+//! - **The core never does I/O.** No async, no clock, no sockets: chain time arrives in events.
+//!   Its types derive serde so the store can persist them; nothing in it calls serde.
+//! - **Only `chain/` knows alloy's providers and contracts.** `config` and `identity` use
+//!   alloy's plain value types (addresses, amounts, the signer); the core uses its own.
+//! - **A decision is saved before it leaves the machine.** The app signs into the outbox, saves
+//!   the snapshot, then broadcasts; a restart rebroadcasts the same signed bytes. The core keeps
+//!   an intent in flight until the follower has processed the block that mined it.
+//! - **The daemon asks only about itself.** Logs are filtered on its own address in an indexed
+//!   topic; nothing scans the market, so the cost per block does not grow with it.
+//! - **One event loop.** Every trigger of work is a `Trigger` in `app::run`'s `select!`.
 //! - Only `cli::run` builds the async runtime; library code is `async` and runtime-agnostic.
 //! - No TLS provider but `ring`: `cargo tree -i aws-lc-sys` stays empty (CI checks it), because
 //!   aws-lc-rs does not cross-build for armv7.

@@ -1,10 +1,11 @@
 //! The daemon: wiring, the one event loop, and shutdown.
 //!
-//! Everything that can make the daemon do work is in [`Trigger`] and handled in one `select!`
-//! in [`run`]: the poll timer (follow the chain, settle transactions, act), commands from the
+//! Everything that can make the daemon do work is in `Trigger` and handled in one `select!`
+//! in [`run`]: the poll timer (follow the chain, settle transactions, act), a new head over the
+//! WebSocket (the same, sooner), commands from the
 //! control socket, SIGHUP (reload the config), the watchdog timer, and SIGTERM/SIGINT.
 //!
-//! One poll ([`Daemon::poll`]) is: read the head; check that the last processed block is still
+//! One poll (`Daemon::poll`) is: read the head; check that the last processed block is still
 //! canonical (else rewind to the newest checkpoint that is, restoring the core's state from it);
 //! feed the confirmed blocks' events to the core; feed it the receipts of the transactions in
 //! flight; sign what it decided into the outbox; **save the snapshot**; then broadcast. Saving
