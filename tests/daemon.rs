@@ -364,9 +364,10 @@ async fn a_config_changed_while_stopped_is_applied_at_the_next_start() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn leave_gets_the_stake_back_after_the_unbonding_delay() {
+async fn leave_gets_the_stake_back_to_the_payout_address_after_the_unbonding_delay() {
     let net = Net::start("leave").await;
-    let worker = net.worker("w", "", 1).await;
+    let payout = Address::repeat_byte(0x5a);
+    let worker = net.worker("w", &format!("payout_address = \"{payout}\""), 1).await;
     worker.wait_registered(WAIT).await.unwrap();
     let out = std::process::Command::new(common::zeppelin())
         .args(["leave", "--socket"])
@@ -379,25 +380,26 @@ async fn leave_gets_the_stake_back_after_the_unbonding_delay() {
         .wait_for("leaving", WAIT, |r| matches!(r.registration.state, RegistrationState::Leaving { .. }))
         .await
         .unwrap();
-    let balance_before = net.provider().get_balance(worker.address).await.unwrap();
 
     // Past the unbonding delay (120 s on the dev parameters): the stake comes home.
     net.rpc("evm_increaseTime", serde_json::json!([200])).await;
     net.rpc("anvil_mine", serde_json::json!([1])).await;
     worker
-        .wait_for("gone, stake withdrawn", WAIT, |r| {
+        .wait_for("gone, stake withdrawn and forwarded", WAIT, |r| {
             matches!(r.registration.state, RegistrationState::NotRegistered)
                 && r.credits_wei == 0
                 && r.transactions_in_flight.is_empty()
         })
         .await
         .unwrap();
-    let balance_after = net.provider().get_balance(worker.address).await.unwrap();
-    let gained = balance_after - balance_before;
-    let stake = U256::from(10u64).pow(U256::from(18u64));
-    assert!(gained > stake * U256::from(99u64) / U256::from(100u64) && gained < stake, "{gained}");
-    // withdrawStake and withdraw, after register and requestLeave.
-    assert_eq!(net.nonce(worker.address).await, 4);
+    eventually("the stake at the payout address", || async {
+        net.provider().get_balance(payout).await.unwrap() == U256::from(10u64).pow(U256::from(18u64))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // register, requestLeave, withdrawStake, withdraw, forward: and nothing twice.
+    assert_eq!(net.nonce(worker.address).await, 5);
+    assert_eq!(net.provider().get_balance(payout).await.unwrap(), U256::from(10u64).pow(U256::from(18u64)));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -346,6 +346,7 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             let params = self.chain.params().await?;
             let goal = Goal::Serve { terms: self.desired_terms, stake: self.desired_stake() };
             let mut node = Node::new(self.me, params, goal);
+            node.set_payout(self.config.worker.payout_address.map(decode::address));
             // Following starts at the deployment block: before it, nobody is registered.
             node.on_event(Event::RegistrationRead(Registration::NotRegistered));
             self.snapshot.node = Some(node);
@@ -510,7 +511,9 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
     /// Feeds the config's terms and stake to the core, keeping the operator's pause or leave.
     fn apply_config_goal(&mut self) {
         let (terms, stake) = (self.desired_terms, self.desired_stake());
+        let payout = self.config.worker.payout_address.map(decode::address);
         if let Some(node) = self.snapshot.node.as_mut() {
+            node.set_payout(payout);
             let goal = match node.goal() {
                 Goal::Serve { .. } => Goal::Serve { terms, stake },
                 Goal::Pause { .. } => Goal::Pause { terms, stake },

@@ -145,8 +145,19 @@ impl AlloyChain {
         WorkerDispatcher::new(self.dispatcher, &self.provider)
     }
 
-    /// Calldata and value of an intent.
-    fn encode(intent: &Intent) -> (Vec<u8>, U256) {
+    /// Recipient, calldata and value of an intent.
+    fn encode(&self, intent: &Intent) -> (EthAddress, Vec<u8>, U256) {
+        match intent {
+            Intent::Forward { to, amount } => (decode::eth_address(*to), Vec::new(), U256::from(*amount)),
+            other => {
+                let (input, value) = Self::dispatcher_call(other);
+                (self.dispatcher, input, value)
+            }
+        }
+    }
+
+    /// Calldata and value of an intent addressed to the dispatcher.
+    fn dispatcher_call(intent: &Intent) -> (Vec<u8>, U256) {
         use WorkerDispatcher as W;
         let id = |id: &u64| U256::from(*id);
         match intent {
@@ -166,6 +177,7 @@ impl AlloyChain {
             Intent::Abort(i) => (W::abortAgreementCall { id: id(i) }.abi_encode(), U256::ZERO),
             Intent::Redeem(i) => (W::redeemPaymentCall { id: id(i) }.abi_encode(), U256::ZERO),
             Intent::Withdraw => (W::withdrawCall {}.abi_encode(), U256::ZERO),
+            Intent::Forward { .. } => unreachable!("a transfer, not a dispatcher call"),
         }
     }
 
@@ -270,11 +282,11 @@ impl Chain for AlloyChain {
     }
 
     async fn sign(&self, intent: &Intent, nonce: u64) -> Result<SignedTx, ChainError> {
-        let (input, value) = Self::encode(intent);
+        let (to, input, value) = self.encode(intent);
         let from = self.signer.address();
         let request = TransactionRequest::default()
             .with_from(from)
-            .with_to(self.dispatcher)
+            .with_to(to)
             .with_input(Bytes::from(input))
             .with_value(value)
             .with_nonce(nonce);

@@ -63,9 +63,16 @@ pub enum Registration {
 /// A transaction the core wants sent. The shell signs, sends and tracks it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Intent {
-    Register { terms: Terms, stake: Wei },
-    Update { terms: Terms },
-    AddStake { amount: Wei },
+    Register {
+        terms: Terms,
+        stake: Wei,
+    },
+    Update {
+        terms: Terms,
+    },
+    AddStake {
+        amount: Wei,
+    },
     Pause,
     Resume,
     RequestLeave,
@@ -75,6 +82,11 @@ pub enum Intent {
     Abort(AgreementId),
     Redeem(AgreementId),
     Withdraw,
+    /// Send withdrawn pay on to the operator's payout address.
+    Forward {
+        to: Address,
+        amount: Wei,
+    },
 }
 
 impl Intent {
@@ -94,6 +106,7 @@ impl Intent {
             Intent::Abort(id) => format!("abort:{id}"),
             Intent::Redeem(id) => format!("redeem:{id}"),
             Intent::Withdraw => "withdraw".into(),
+            Intent::Forward { .. } => "forward".into(),
         }
     }
 }
@@ -205,7 +218,11 @@ pub enum ChainEvent {
     Credits {
         amount: Wei,
     },
-    /// A log naming us that moved money (a withdrawal, a slash, a verifier fee) and carries
+    /// We withdrew our credits.
+    Withdrawn {
+        amount: Wei,
+    },
+    /// A log naming us that moved money (a slash, a verifier fee) and carries
     /// nothing else for the core: the shell re-reads our stake and credits after it.
     BalancesMoved,
 }
@@ -262,6 +279,10 @@ pub struct Node {
     agreements: BTreeMap<AgreementId, AgreementView>,
     in_flight: BTreeMap<String, InFlight>,
     credits: Wei,
+    /// Where withdrawn pay goes (none: it stays in the worker's account).
+    payout: Option<Address>,
+    /// Withdrawn and not yet forwarded to `payout`.
+    to_forward: Wei,
     synced_block: u64,
     now: u64,
     at_head: bool,
@@ -279,11 +300,18 @@ impl Node {
             agreements: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             credits: 0,
+            payout: None,
+            to_forward: 0,
             synced_block: 0,
             now: 0,
             at_head: false,
             last_error: None,
         }
+    }
+
+    /// Where withdrawn pay is sent on to (`None` or our own address: it stays here).
+    pub fn set_payout(&mut self, payout: Option<Address>) {
+        self.payout = payout.filter(|p| *p != self.me);
     }
 
     pub fn address(&self) -> Address {
@@ -348,6 +376,10 @@ impl Node {
                 });
             }
             Event::TxMined { key, block, success } => {
+                // A plain transfer leaves no log: its receipt is all there is to see.
+                if key == "forward" && success {
+                    self.to_forward = 0;
+                }
                 if let Some(state) = self.in_flight.get_mut(&key) {
                     *state = InFlight::Mined { block, success };
                 }
@@ -445,6 +477,7 @@ impl Node {
             }
             PaymentRedeemed { id } => self.set_stage(id, Stage::Finished),
             Credits { amount } => self.credits = amount,
+            Withdrawn { amount } if self.payout.is_some() => self.to_forward += amount,
             // Events about other workers (the follower should not deliver them).
             _ => {}
         }
@@ -468,6 +501,11 @@ impl Node {
         self.decide_agreements(&mut intents);
         if self.credits > 0 {
             intents.push(Intent::Withdraw);
+        }
+        if let Some(to) = self.payout
+            && self.to_forward > 0
+        {
+            intents.push(Intent::Forward { to, amount: self.to_forward });
         }
         let mut actions = Vec::new();
         for intent in intents {
@@ -803,6 +841,33 @@ mod tests {
         node.reset_in_flight([]);
         let actions = node.on_event(Event::Synced { block: 1, timestamp: 1, at_head: true });
         assert_eq!(sends(&actions), vec![Intent::Register { terms: terms(), stake: ETH }]);
+    }
+
+    #[test]
+    fn withdrawn_pay_is_forwarded_once_to_the_payout_address() {
+        const PAYOUT: Address = Address([0x99; 20]);
+        let mut node = registered();
+        node.set_payout(Some(PAYOUT));
+        assert_eq!(
+            sends(&node.on_event(Event::Chain(ChainEvent::Credits { amount: 90 }))),
+            vec![Intent::Withdraw]
+        );
+        node.on_event(Event::TxMined { key: "withdraw".into(), block: 2, success: true });
+        let actions = node.on_event(Event::Chain(ChainEvent::Withdrawn { amount: 90 }));
+        assert_eq!(sends(&actions), vec![Intent::Forward { to: PAYOUT, amount: 90 }]);
+        node.on_event(Event::Chain(ChainEvent::Credits { amount: 0 }));
+        assert!(node.on_event(Event::Synced { block: 2, timestamp: 20, at_head: true }).is_empty());
+        node.on_event(Event::TxMined { key: "forward".into(), block: 3, success: true });
+        assert!(node.on_event(Event::Synced { block: 3, timestamp: 30, at_head: true }).is_empty());
+        assert!(node.in_flight().next().is_none());
+    }
+
+    #[test]
+    fn without_a_payout_address_or_with_our_own_pay_stays_here() {
+        let mut node = registered();
+        node.set_payout(Some(ME));
+        node.on_event(Event::Chain(ChainEvent::Withdrawn { amount: 90 }));
+        assert!(node.on_event(Event::Synced { block: 3, timestamp: 30, at_head: true }).is_empty());
     }
 
     #[test]
