@@ -96,7 +96,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             ws_url: Some(anvil.ws_endpoint()),
             poll_interval: "2s".into(),
         };
-        let worker = DevWorker::start(&std::env::current_exe()?, &spec, &funder).await?;
+        let worker = DevWorker::start(&std::env::current_exe()?, &spec, Some(&funder)).await?;
         println!(
             "  worker {i}  {} (pid {}, {} gwei/s) log {}",
             worker.address,
@@ -200,19 +200,27 @@ pub struct DevWorker {
 }
 
 impl DevWorker {
-    /// Makes the worker's key, funds it with 100 ETH from `funder` if it holds less than 10,
-    /// writes its config and starts `exe daemon`.
-    pub async fn start(exe: &Path, spec: &WorkerSpec, funder: &PrivateKeySigner) -> anyhow::Result<Self> {
+    /// Makes the worker's key, funds it with 100 ETH from `funder` (if given) when it holds
+    /// less than 10, writes its config and starts `exe daemon`.
+    pub async fn start(
+        exe: &Path,
+        spec: &WorkerSpec,
+        funder: Option<&PrivateKeySigner>,
+    ) -> anyhow::Result<Self> {
         let (identity, _) =
             crate::identity::Identity::load_or_create(&spec.state_dir(), &crate::identity::Password::none())?;
         let address = identity.address();
-        let url: url::Url = spec.rpc_url.parse()?;
-        let provider = ProviderBuilder::new().wallet(EthereumWallet::from(funder.clone())).connect_http(url);
-        let ten = U256::from(10u64) * U256::from(10u64).pow(U256::from(18u64));
-        if provider.get_balance(address).await? < ten {
-            let tx =
-                alloy::rpc::types::TransactionRequest::default().to(address).value(ten * U256::from(10u64));
-            provider.send_transaction(tx).await?.get_receipt().await.context("funding the worker")?;
+        if let Some(funder) = funder {
+            let url: url::Url = spec.rpc_url.parse()?;
+            let provider =
+                ProviderBuilder::new().wallet(EthereumWallet::from(funder.clone())).connect_http(url);
+            let ten = U256::from(10u64) * U256::from(10u64).pow(U256::from(18u64));
+            if provider.get_balance(address).await? < ten {
+                let tx = alloy::rpc::types::TransactionRequest::default()
+                    .to(address)
+                    .value(ten * U256::from(10u64));
+                provider.send_transaction(tx).await?.get_receipt().await.context("funding the worker")?;
+            }
         }
         let http_port = free_port()?;
         spec.write_config(http_port)?;

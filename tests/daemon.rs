@@ -87,7 +87,9 @@ impl Net {
     }
 
     async fn worker(&self, name: &str, extra: &str, funder: usize) -> DevWorker {
-        DevWorker::start(&common::zeppelin(), &self.spec(name, extra), &self.keys[funder]).await.unwrap()
+        DevWorker::start(&common::zeppelin(), &self.spec(name, extra), Some(&self.keys[funder]))
+            .await
+            .unwrap()
     }
 
     async fn registration(&self, worker: Address) -> WorkerDispatcher::Worker {
@@ -291,7 +293,7 @@ impl Net {
         .unwrap();
         let balance = U256::from(100u64) * U256::from(10u64).pow(U256::from(18u64));
         self.rpc("anvil_setBalance", serde_json::json!([identity.address(), balance])).await;
-        DevWorker::start(&common::zeppelin(), &spec, &self.keys[1]).await.unwrap()
+        DevWorker::start(&common::zeppelin(), &spec, None).await.unwrap()
     }
 }
 
@@ -414,7 +416,7 @@ async fn systemd_hears_ready_its_status_watchdog_pings_and_stopping() {
         // A watchdog of 2 s: systemd wants a ping at least every second.
         ("WATCHDOG_USEC".into(), "2000000".into()),
     ];
-    let mut worker = DevWorker::start(&common::zeppelin(), &spec, &net.keys[1]).await.unwrap();
+    let mut worker = DevWorker::start(&common::zeppelin(), &spec, Some(&net.keys[1])).await.unwrap();
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     while !seen.iter().any(|m: &String| m.starts_with("STATUS=registered")) {
@@ -447,11 +449,38 @@ async fn new_heads_over_the_websocket_wake_the_daemon_between_slow_polls() {
     let mut spec = net.spec("w", "");
     spec.poll_interval = "5m".into();
     spec.ws_url = Some(format!("ws://127.0.0.1:{}", net.port));
-    let worker = DevWorker::start(&common::zeppelin(), &spec, &net.keys[1]).await.unwrap();
+    let worker = DevWorker::start(&common::zeppelin(), &spec, Some(&net.keys[1])).await.unwrap();
     // The first poll runs at start and sends the registration; only a new head can make the
     // daemon see it mined before the five-minute timer.
     let report = worker.wait_registered(Duration::from_secs(20)).await.unwrap();
     assert!(report.uptime_secs < 20);
     let log = std::fs::read_to_string(&worker.log).unwrap();
     assert!(log.contains("following new heads over the WebSocket"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unfunded_worker_says_it_needs_ether_and_registers_once_funded() {
+    let net = Net::start("unfunded").await;
+    let spec = net.spec("w", "");
+    let (identity, _) = zeppelin::identity::Identity::load_or_create(
+        &spec.state_dir(),
+        &zeppelin::identity::Password::none(),
+    )
+    .unwrap();
+    let eth = U256::from(10u64).pow(U256::from(18u64));
+    net.rpc("anvil_setBalance", serde_json::json!([identity.address(), eth / U256::from(2u64)])).await;
+    let worker = DevWorker::start(&common::zeppelin(), &spec, None).await.unwrap();
+    let report = worker
+        .wait_for("degraded for want of ether", WAIT, |r| r.health.status == HealthStatus::Degraded)
+        .await
+        .unwrap();
+    let expected = format!(
+        "account {} holds 0.5 ETH but registering needs 1 ETH plus gas: send ETH to it",
+        zeppelin::core::types::Address(identity.address().0.0)
+    );
+    assert!(report.health.reasons.contains(&expected), "{:?}", report.health.reasons);
+
+    net.rpc("anvil_setBalance", serde_json::json!([identity.address(), eth * U256::from(2u64)])).await;
+    let report = worker.wait_registered(WAIT).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
 }

@@ -438,26 +438,33 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
                 None => *mined_nonce.insert(self.chain.mined_nonce(self.me).await?),
             };
             let nonce = self.snapshot.outbox.next_nonce(chain_nonce);
-            let signed = self.chain.sign(&intent, nonce).await;
-            self.queued.remove(0);
-            match signed {
+            match self.chain.sign(&intent, nonce).await {
                 Ok(tx) => {
+                    self.queued.remove(0);
                     info!(tx = %key, nonce, hash = %alloy::primitives::B256::from(tx.hash), "sending");
                     self.snapshot.outbox.insert(intent, tx);
                 }
-                Err(error) => {
-                    let retry_in = match error {
-                        ChainError::Revert { .. } => RETRY_AFTER_SECS,
-                        ChainError::Rpc { .. } => 5,
-                    };
+                // The call would revert: the core decides again after a pause (chain time).
+                Err(error @ ChainError::Revert { .. }) => {
+                    self.queued.remove(0);
                     warn!(tx = %key, error = %error, "not sent");
-                    let now = self.head.map_or(0, |h| h.timestamp);
+                    let retry_at = self.head.map_or(0, |h| h.timestamp) + RETRY_AFTER_SECS;
                     let node = self.snapshot.node.as_mut().expect("set above");
                     self.queued.extend(node.on_event(Event::TxAbandoned {
                         key,
                         reason: error.to_string(),
-                        retry_at: now + retry_in,
+                        retry_at,
                     }));
+                }
+                // The node refused to estimate or price it (unreachable, out of funds): it stays
+                // queued, first in line, and is tried again at the next poll.
+                Err(error @ ChainError::Rpc { .. }) => {
+                    let message = format!("transaction {key} not sent: {error}");
+                    if self.status.last_error.as_ref().is_none_or(|e| e.message != message) {
+                        warn!(tx = %key, error = %error, "not sent; retrying at the next poll");
+                    }
+                    self.status.last_error = Some(LastError { message, at: unix_now() });
+                    break;
                 }
             }
         }
@@ -660,6 +667,23 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
                 worker: a.worker.to_string(),
             })
             .collect();
+        // A worker that cannot pay its stake says so plainly, rather than failing estimates.
+        s.problems.clear();
+        let needed = match node.goal() {
+            Goal::Serve { stake, .. } | Goal::Pause { stake, .. } => stake.max(node.params().min_stake),
+            Goal::Leave => 0,
+        };
+        if node.registration() == Registration::NotRegistered
+            && let Some(balance) = self.balance
+            && balance < needed
+        {
+            s.problems.push(format!(
+                "account {} holds {} but registering needs {} plus gas: send ETH to it",
+                self.me,
+                crate::api::render::format_eth(balance),
+                crate::api::render::format_eth(needed)
+            ));
+        }
         if let Some(error) = node.last_error() {
             let known = s.last_error.as_ref().is_some_and(|e| e.message == error);
             if !known && s.chain.connected {

@@ -317,6 +317,9 @@ impl Node {
     pub fn address(&self) -> Address {
         self.me
     }
+    pub fn params(&self) -> ProtocolParams {
+        self.params
+    }
     pub fn goal(&self) -> Goal {
         self.goal
     }
