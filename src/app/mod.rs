@@ -149,6 +149,10 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
                 Address(s.dispatcher),
                 deployment.dispatcher
             );
+            let mut s = s;
+            if let Some(node) = s.node.as_mut() {
+                node.resume();
+            }
             info!(
                 block = s.cursor.map(|c| c.number),
                 transactions = s.outbox.len(),

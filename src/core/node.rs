@@ -347,6 +347,12 @@ impl Node {
         self.agreements.values().filter(|a| a.role == Role::Worker && a.stage.is_open()).count()
     }
 
+    /// After a restart the saved clock is old: decide nothing until the follower has caught up
+    /// again (the next `Synced` with `at_head`).
+    pub fn resume(&mut self) {
+        self.at_head = false;
+    }
+
     /// After the shell restored an older state (a reorg), what is in flight is exactly what the
     /// shell still holds: those keys are never decided again, and anything else the old state
     /// remembered (sent from a timeline that no longer exists) is decided afresh.
@@ -833,6 +839,16 @@ mod tests {
         // Caught up: the registration is due; the offer's window has not closed yet at 150.
         let actions = node.on_event(Event::Synced { block: 9, timestamp: 150, at_head: true });
         assert_eq!(sends(&actions), vec![Intent::Register { terms: terms(), stake: ETH }, Intent::Accept(1)]);
+    }
+
+    #[test]
+    fn a_resumed_node_waits_for_the_chain_before_deciding() {
+        let mut node = registered();
+        node.on_event(created(1, ME, 160));
+        node.resume();
+        assert!(node.on_event(Event::GoalChanged(Goal::Leave)).is_empty());
+        let actions = node.on_event(Event::Synced { block: 2, timestamp: 100, at_head: true });
+        assert!(actions.contains(&Action::Send(Intent::RequestLeave)), "{actions:?}");
     }
 
     #[test]
