@@ -420,12 +420,13 @@ async fn systemd_hears_ready_its_status_watchdog_pings_and_stopping() {
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     while !seen.iter().any(|m: &String| m.starts_with("STATUS=registered")) {
-        let n = socket.recv(&mut buf).expect("the daemon keeps talking to systemd");
+        let n =
+            socket.recv(&mut buf).unwrap_or_else(|e| panic!("no more notifications ({e}) after {seen:?}"));
         seen.push(String::from_utf8_lossy(&buf[..n]).trim_end().to_owned());
     }
-    let ready = seen.iter().position(|m| m == "READY=1").expect("READY=1 sent");
+    let ready = seen.iter().position(|m| m == "READY=1").unwrap_or_else(|| panic!("no READY=1 in {seen:?}"));
     assert!(seen[..ready].iter().all(|m| !m.starts_with("STATUS=registered")), "READY comes first: {seen:?}");
-    assert_eq!(seen.last().unwrap(), "STATUS=registered, 0 agreements");
+    assert!(seen.last().unwrap().starts_with("STATUS=registered, 0 agreements"), "{seen:?}");
     // Pings keep coming while the loop turns.
     let pings = (0..20)
         .filter_map(|_| socket.recv(&mut buf).ok().map(|n| buf[..n].to_vec()))

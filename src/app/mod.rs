@@ -410,6 +410,19 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             processed = to;
         }
 
+        // Already at the head when the poll started (a restart on a quiet chain): say so, or a
+        // resumed core would wait for the next block to decide anything.
+        if processed >= target
+            && let (Some(cursor), Some(node)) = (self.snapshot.cursor, self.snapshot.node.as_mut())
+            && !node.is_at_head()
+        {
+            self.queued.extend(node.on_event(Event::Synced {
+                block: cursor.number,
+                timestamp: cursor.timestamp,
+                at_head: true,
+            }));
+        }
+
         // Receipts of what is in flight.
         let unmined: Vec<(String, [u8; 32])> =
             self.snapshot.outbox.unmined().map(|(k, tx)| (k.to_owned(), tx.hash)).collect();

@@ -317,6 +317,10 @@ impl Node {
     pub fn address(&self) -> Address {
         self.me
     }
+    /// Whether the core is deciding (caught up with the chain).
+    pub fn is_at_head(&self) -> bool {
+        self.at_head
+    }
     pub fn params(&self) -> ProtocolParams {
         self.params
     }
