@@ -211,6 +211,8 @@ async fn a_restart_resumes_without_registering_again() {
     assert_eq!(net.nonce(worker.address).await, 1, "no second registration");
     let log = std::fs::read_to_string(&worker.log).unwrap();
     assert!(log.contains("resuming from the saved state"), "{log}");
+    // A second registration would revert in its estimate; the log shows none was even tried.
+    assert_eq!(log.matches("tx=register").count(), 2, "sent once, mined once:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -484,4 +486,43 @@ async fn an_unfunded_worker_says_it_needs_ether_and_registers_once_funded() {
     net.rpc("anvil_setBalance", serde_json::json!([identity.address(), eth * U256::from(2u64)])).await;
     let report = worker.wait_registered(WAIT).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shallow_reorg_rewinds_to_a_checkpoint_and_redoes_the_lost_update() {
+    let net = Net::start("rewind").await;
+    let mut worker = net.worker("w", "", 1).await;
+    worker.wait_registered(WAIT).await.unwrap();
+    // A few blocks the daemon processes (and checkpoints) while registered.
+    net.rpc("anvil_mine", serde_json::json!([3])).await;
+    let head = net.provider().get_block_number().await.unwrap();
+    worker.wait_for("caught up", WAIT, |r| r.chain.processed_block >= head).await.unwrap();
+    let before: String =
+        serde_json::from_value(net.rpc("evm_snapshot", serde_json::json!([])).await).unwrap();
+
+    worker.spec.price = "3 gwei".into();
+    worker.spec.write_config(worker.http_port).unwrap();
+    worker.signal(Signal::HUP).unwrap();
+    eventually("the update on chain", || async {
+        net.registration(worker.address).await.pricePerSecond.to::<u64>() == 3 * GWEI
+    })
+    .await;
+    let mined = net.provider().get_block_number().await.unwrap();
+    worker.wait_for("the update processed", WAIT, |r| r.chain.processed_block >= mined).await.unwrap();
+
+    // The block with the update is replaced by a longer chain without it.
+    let reverted: bool =
+        serde_json::from_value(net.rpc("evm_revert", serde_json::json!([before])).await).unwrap();
+    assert!(reverted);
+    assert_eq!(net.registration(worker.address).await.pricePerSecond.to::<u64>(), GWEI);
+    net.rpc("anvil_mine", serde_json::json!([4])).await;
+
+    eventually("the update redone on the new chain", || async {
+        net.registration(worker.address).await.pricePerSecond.to::<u64>() == 3 * GWEI
+    })
+    .await;
+    let log = std::fs::read_to_string(&worker.log).unwrap();
+    assert!(log.contains("chain reorganised: rewound to the last common block"), "{log}");
+    assert!(!log.contains("deeper than the saved checkpoints"), "{log}");
+    assert_eq!(net.registrations_logged(worker.address).await, 1, "the registration survived the reorg");
 }

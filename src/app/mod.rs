@@ -58,9 +58,27 @@ pub struct Snapshot {
     pub node: Option<Node>,
     /// The last processed block.
     pub cursor: Option<BlockRef>,
-    /// The core's state after recent processed blocks, newest last.
+    /// The core's state after recent processed blocks, newest last. Kept in memory only: a
+    /// reorg right after a restart follows the chain again from the deployment instead.
+    #[serde(skip)]
     pub checkpoints: VecDeque<(BlockRef, Node)>,
     pub outbox: Outbox,
+    /// Decisions the core counts as in flight that are not signed yet (a refused estimate, an
+    /// RPC failure): signed at the next poll, after a restart too.
+    #[serde(default)]
+    pub queued: Vec<Action>,
+    /// What the operator asked for (`pause`, `leave`): survives restarts, rewinds and resyncs.
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// The operator's choice, kept apart from the core so a reorg cannot undo it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    #[default]
+    Serve,
+    Pause,
+    Leave,
 }
 
 /// What wakes the event loop.
@@ -92,8 +110,8 @@ struct Daemon<C, S> {
     consecutive_failures: u32,
     /// Whether the last poll completed.
     healthy: bool,
-    /// Decisions the core made outside a poll (commands, reloads), signed at the next poll.
-    queued: Vec<Action>,
+    /// The last snapshot written, to skip writes that would change nothing.
+    saved: Option<Vec<u8>>,
 }
 
 /// Unix seconds now.
@@ -142,6 +160,14 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
                 s.version
             );
             anyhow::ensure!(
+                s.chain_id == 0 || deployment.chain_id == 0 || s.chain_id == deployment.chain_id,
+                "the state in {} belongs to chain {} but the deployment is on chain {}; move the state \
+                 directory aside to start afresh there",
+                db_path.display(),
+                s.chain_id,
+                deployment.chain_id
+            );
+            anyhow::ensure!(
                 s.dispatcher == deployment.dispatcher.0.0,
                 "the state in {} belongs to dispatcher {} but the config points to {}; move the state \
                  directory aside to start afresh on the new deployment",
@@ -168,6 +194,8 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
             cursor: None,
             checkpoints: VecDeque::new(),
             outbox: Outbox::default(),
+            queued: Vec::new(),
+            mode: Mode::Serve,
         },
     };
 
@@ -232,10 +260,13 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         polls: 0,
         consecutive_failures: 0,
         healthy: true,
-        queued: Vec::new(),
+        saved: None,
     };
     // The config may have changed while the daemon was stopped.
     daemon.apply_config_goal();
+    // Signal handlers before READY: a stop or reload right after start must not kill us.
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     notifier.ready().ok();
     notifier.status("starting: contacting the chain").ok();
     info!(socket = %config.api.control_socket.display(), http = %config.api.http_listen, "ready");
@@ -244,8 +275,6 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watchdog =
         tokio::time::interval(notifier.watchdog_interval().unwrap_or(Duration::from_secs(3600)));
-    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let trigger = tokio::select! {
             _ = poll.tick() => Trigger::Poll,
@@ -301,8 +330,16 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
 }
 
 impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
-    fn save(&self) -> Result<(), crate::store::StoreError> {
-        self.store.save(&self.snapshot)
+    /// Saves the snapshot if it changed since the last save: an idle daemon writes nothing
+    /// (an SD card lives longer).
+    fn save(&mut self) -> Result<(), crate::store::StoreError> {
+        let bytes = serde_json::to_vec(&self.snapshot).expect("snapshots always serialize");
+        if self.saved.as_deref() == Some(bytes.as_slice()) {
+            return Ok(());
+        }
+        self.store.save(&self.snapshot)?;
+        self.saved = Some(bytes);
+        Ok(())
     }
 
     /// One poll, with its outcome in the status and the logs.
@@ -337,7 +374,7 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
     async fn poll(&mut self) -> anyhow::Result<()> {
         let head = self.chain.head().await?;
         self.head = Some(head);
-        // What the core decides goes to `self.queued` at once, so that an error later in this
+        // What the core decides goes to `self.snapshot.queued` at once, so that an error later in this
         // poll cannot lose a decision the core already counts as in flight.
 
         if self.snapshot.node.is_none() {
@@ -348,8 +385,7 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
                 self.deployment.chain_id
             );
             let params = self.chain.params().await?;
-            let goal = Goal::Serve { terms: self.desired_terms, stake: self.desired_stake() };
-            let mut node = Node::new(self.me, params, goal);
+            let mut node = Node::new(self.me, params, self.goal());
             node.set_payout(self.config.worker.payout_address.map(decode::address));
             // Following starts at the deployment block: before it, nobody is registered.
             node.on_event(Event::RegistrationRead(Registration::NotRegistered));
@@ -360,9 +396,13 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
 
         // A reorg deeper than the confirmations replaced a block we processed: rewind.
         if let Some(cursor) = self.snapshot.cursor {
-            let canonical = self.chain.block(cursor.number).await?;
-            if canonical.map(|b| b.hash) != Some(cursor.hash) {
-                self.rewind().await?;
+            match self.chain.block(cursor.number).await? {
+                Some(canonical) if canonical.hash == cursor.hash => {}
+                // A backend that has not seen the block yet is no reorg: ask again next poll.
+                None if head.number >= cursor.number => {
+                    anyhow::bail!("the RPC endpoint does not know block {} yet", cursor.number)
+                }
+                _ => self.rewind(head).await?,
             }
         }
 
@@ -389,15 +429,18 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             let node = self.snapshot.node.as_mut().expect("set above");
             for event in &chain_events {
                 debug!(?event, "chain event");
-                self.queued.extend(node.on_event(Event::Chain(event.clone())));
+                self.snapshot.queued.extend(node.on_event(Event::Chain(event.clone())));
             }
             if let Some((stake, credits)) = balances {
                 touched = true;
-                self.queued
+                self.snapshot
+                    .queued
                     .extend(node.on_event(Event::Chain(ChainEvent::StakeChanged { worker: self.me, stake })));
-                self.queued.extend(node.on_event(Event::Chain(ChainEvent::Credits { amount: credits })));
+                self.snapshot
+                    .queued
+                    .extend(node.on_event(Event::Chain(ChainEvent::Credits { amount: credits })));
             }
-            self.queued.extend(node.on_event(Event::Synced {
+            self.snapshot.queued.extend(node.on_event(Event::Synced {
                 block: to,
                 timestamp: block.timestamp,
                 at_head: to == target,
@@ -416,38 +459,64 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             && let (Some(cursor), Some(node)) = (self.snapshot.cursor, self.snapshot.node.as_mut())
             && !node.is_at_head()
         {
-            self.queued.extend(node.on_event(Event::Synced {
+            self.snapshot.queued.extend(node.on_event(Event::Synced {
                 block: cursor.number,
                 timestamp: cursor.timestamp,
                 at_head: true,
             }));
         }
 
-        // Receipts of what is in flight.
-        let unmined: Vec<(String, [u8; 32])> =
-            self.snapshot.outbox.unmined().map(|(k, tx)| (k.to_owned(), tx.hash)).collect();
-        for (key, hash) in unmined {
-            if let Some(receipt) = self.chain.receipt(hash).await?
-                && self.snapshot.outbox.mark_mined(&key, receipt.block, receipt.success)
-            {
-                info!(tx = %key, block = receipt.block, success = receipt.success, gas = receipt.gas_used, "mined");
-                let node = self.snapshot.node.as_mut().expect("set above");
-                self.queued.extend(node.on_event(Event::TxMined {
-                    key: key.clone(),
-                    block: receipt.block,
-                    success: receipt.success,
-                }));
+        // Receipts of what is in flight, counted only once their block is confirmed (a receipt
+        // in a block that a reorg may still drop would let the core decide again too early).
+        let unmined: Vec<(String, [u8; 32], u64)> =
+            self.snapshot.outbox.unmined().map(|(k, tx)| (k.to_owned(), tx.hash, tx.nonce)).collect();
+        let mut mined_nonce = None;
+        for (key, hash, nonce) in unmined {
+            match self.chain.receipt(hash).await? {
+                Some(receipt) if receipt.block <= target => {
+                    if self.snapshot.outbox.mark_mined(&key, receipt.block, receipt.success) {
+                        info!(tx = %key, block = receipt.block, success = receipt.success, gas = receipt.gas_used, "mined");
+                        let node = self.snapshot.node.as_mut().expect("set above");
+                        self.snapshot.queued.extend(node.on_event(Event::TxMined {
+                            key: key.clone(),
+                            block: receipt.block,
+                            success: receipt.success,
+                        }));
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    // No receipt, yet the account has mined past this nonce: another
+                    // transaction took it (the key used elsewhere, a lagging RPC backend). This
+                    // one can never be mined: drop it, and let the core decide again later.
+                    let chain_nonce = match mined_nonce {
+                        Some(n) => n,
+                        None => *mined_nonce.insert(self.chain.mined_nonce(self.me).await?),
+                    };
+                    if chain_nonce > nonce {
+                        warn!(tx = %key, nonce, chain_nonce, "nonce used by another transaction; dropping it");
+                        self.snapshot.outbox.drop_key(&key);
+                        let retry_at = self.head.map_or(0, |h| h.timestamp) + RETRY_AFTER_SECS;
+                        let node = self.snapshot.node.as_mut().expect("set above");
+                        self.snapshot.queued.extend(node.on_event(Event::TxAbandoned {
+                            key,
+                            reason: format!("nonce {nonce} was used by another transaction"),
+                            retry_at,
+                        }));
+                    }
+                }
             }
         }
         self.snapshot.outbox.settle(processed);
 
-        // Sign what the core decided, in order, with consecutive nonces. What is not signed
-        // when an RPC fails stays queued for the next poll.
-        let mut mined_nonce = None;
-        while let Some(Action::Send(intent)) = self.queued.first().cloned() {
+        // Sign what the core decided, in order, with consecutive nonces. What the node refuses
+        // waits for the next poll without holding up the rest; an unreachable node stops the
+        // signing until the next poll.
+        let mut deferred = Vec::new();
+        while let Some(Action::Send(intent)) = self.snapshot.queued.first().cloned() {
             let key = intent.key();
             if self.snapshot.outbox.contains(&key) {
-                self.queued.remove(0);
+                self.snapshot.queued.remove(0);
                 continue;
             }
             let chain_nonce = match mined_nonce {
@@ -457,34 +526,38 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             let nonce = self.snapshot.outbox.next_nonce(chain_nonce);
             match self.chain.sign(&intent, nonce).await {
                 Ok(tx) => {
-                    self.queued.remove(0);
+                    self.snapshot.queued.remove(0);
                     info!(tx = %key, nonce, hash = %alloy::primitives::B256::from(tx.hash), "sending");
                     self.snapshot.outbox.insert(intent, tx);
                 }
                 // The call would revert: the core decides again after a pause (chain time).
                 Err(error @ ChainError::Revert { .. }) => {
-                    self.queued.remove(0);
+                    self.snapshot.queued.remove(0);
                     warn!(tx = %key, error = %error, "not sent");
                     let retry_at = self.head.map_or(0, |h| h.timestamp) + RETRY_AFTER_SECS;
                     let node = self.snapshot.node.as_mut().expect("set above");
-                    self.queued.extend(node.on_event(Event::TxAbandoned {
+                    self.snapshot.queued.extend(node.on_event(Event::TxAbandoned {
                         key,
                         reason: error.to_string(),
                         retry_at,
                     }));
                 }
-                // The node refused to estimate or price it (unreachable, out of funds): it stays
-                // queued, first in line, and is tried again at the next poll.
-                Err(error @ ChainError::Rpc { .. }) => {
+                Err(error) => {
                     let message = format!("transaction {key} not sent: {error}");
                     if self.status.last_error.as_ref().is_none_or(|e| e.message != message) {
                         warn!(tx = %key, error = %error, "not sent; retrying at the next poll");
                     }
                     self.status.last_error = Some(LastError { message, at: unix_now() });
+                    if matches!(error, ChainError::Refused { .. }) {
+                        deferred.push(self.snapshot.queued.remove(0));
+                        continue;
+                    }
                     break;
                 }
             }
         }
+        // Refused ones go back first in line, in their order.
+        self.snapshot.queued.splice(0..0, deferred);
 
         // Durable before anything leaves this machine.
         self.save()?;
@@ -505,20 +578,30 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
     }
 
     /// Goes back to the newest checkpoint still on the canonical chain.
-    async fn rewind(&mut self) -> anyhow::Result<()> {
+    /// Decisions queued from the abandoned timeline are dropped (the restored core decides
+    /// again); the operator's mode and the config are applied to the restored core.
+    async fn rewind(&mut self, head: BlockRef) -> anyhow::Result<()> {
         let from = self.snapshot.cursor.map(|c| c.number);
+        self.snapshot.queued.clear();
         while let Some((block, node)) = self.snapshot.checkpoints.back().cloned() {
-            let canonical = self.chain.block(block.number).await?;
-            if canonical.map(|b| b.hash) == Some(block.hash) {
-                let mut node = node;
-                self.snapshot.outbox.unmark_mined_after(block.number);
-                node.reset_in_flight(self.snapshot.outbox.keys());
-                self.snapshot.node = Some(node);
-                self.snapshot.cursor = Some(block);
-                warn!(from, to = block.number, "chain reorganised: rewound to the last common block");
-                return Ok(());
+            match self.chain.block(block.number).await? {
+                Some(canonical) if canonical.hash == block.hash => {
+                    let mut node = node;
+                    self.snapshot.outbox.unmark_mined_after(block.number);
+                    node.reset_in_flight(self.snapshot.outbox.keys());
+                    self.snapshot.node = Some(node);
+                    self.snapshot.cursor = Some(block);
+                    self.apply_config_goal();
+                    warn!(from, to = block.number, "chain reorganised: rewound to the last common block");
+                    return Ok(());
+                }
+                None if head.number >= block.number => {
+                    anyhow::bail!("the RPC endpoint does not know block {} yet", block.number)
+                }
+                _ => {
+                    self.snapshot.checkpoints.pop_back();
+                }
             }
-            self.snapshot.checkpoints.pop_back();
         }
         // Deeper than every checkpoint: start over from the deployment.
         warn!(
@@ -534,16 +617,21 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
 
     /// Feeds the config's terms and stake to the core, keeping the operator's pause or leave.
     fn apply_config_goal(&mut self) {
-        let (terms, stake) = (self.desired_terms, self.desired_stake());
+        let goal = self.goal();
         let payout = self.config.worker.payout_address.map(decode::address);
         if let Some(node) = self.snapshot.node.as_mut() {
             node.set_payout(payout);
-            let goal = match node.goal() {
-                Goal::Serve { .. } => Goal::Serve { terms, stake },
-                Goal::Pause { .. } => Goal::Pause { terms, stake },
-                Goal::Leave => Goal::Leave,
-            };
-            self.queued.extend(node.on_event(Event::GoalChanged(goal)));
+            self.snapshot.queued.extend(node.on_event(Event::GoalChanged(goal)));
+        }
+    }
+
+    /// The core's goal: the operator's mode with the config's terms and stake.
+    fn goal(&self) -> Goal {
+        let (terms, stake) = (self.desired_terms, self.desired_stake());
+        match self.snapshot.mode {
+            Mode::Serve => Goal::Serve { terms, stake },
+            Mode::Pause => Goal::Pause { terms, stake },
+            Mode::Leave => Goal::Leave,
         }
     }
 
@@ -553,27 +641,24 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
 
     /// A control command; the answer for the operator.
     fn command(&mut self, command: Command) -> Result<String, String> {
-        let Some(node) = self.snapshot.node.as_mut() else {
+        if self.snapshot.node.is_none() {
             return Err("the daemon has not reached the chain yet; try again shortly".into());
-        };
-        let (terms, stake) = (self.desired_terms, self.config.worker.stake.map_or(0, |s| s.to::<u128>()));
-        let (goal, message) = match command {
+        }
+        let (mode, message) = match command {
             Command::Leave => (
-                Goal::Leave,
+                Mode::Leave,
                 "leaving: no new work from now; the stake comes back after the unbonding delay, once the \
-                 running agreements have closed (zeppelin status shows the progress)"
-                    .to_owned(),
+                 running agreements have closed (zeppelin status shows the progress)",
             ),
-            Command::Pause => {
-                (Goal::Pause { terms, stake }, "pausing: no new work until `zeppelin resume`".into())
-            }
-            Command::Resume => (Goal::Serve { terms, stake }, "resuming: taking new work again".into()),
+            Command::Pause => (Mode::Pause, "pausing: no new work until `zeppelin resume`"),
+            Command::Resume => (Mode::Serve, "resuming: taking new work again"),
             Command::Reload => return self.reload().map_err(|e| format!("{e:#}")),
         };
         info!(?command, "operator command");
+        self.snapshot.mode = mode;
         // Signed and sent at the next poll (which the loop starts at once).
-        self.queued.extend(node.on_event(Event::GoalChanged(goal)));
-        Ok(message)
+        self.apply_config_goal();
+        Ok(message.to_owned())
     }
 
     /// Re-reads the config file and applies what can change while running.

@@ -60,6 +60,10 @@ pub enum ChainError {
     /// The transaction would revert: retrying the same call will not help.
     #[error("{intent} would revert: {reason}")]
     Revert { intent: String, reason: String },
+    /// The node answered but would not take it (out of funds for value and gas, say): other
+    /// transactions may still go through; this one is tried again later.
+    #[error("{intent} refused by the node: {reason}")]
+    Refused { intent: String, reason: String },
 }
 
 /// What the daemon needs from the chain. One real implementation ([`AlloyChain`]); the
@@ -294,7 +298,6 @@ impl Chain for AlloyChain {
         let gas = match self.provider.estimate_gas(request.clone()).await {
             Ok(gas) => gas,
             Err(e) => {
-                self.metrics.rpc_error();
                 if let Some(reason) = e.as_error_resp().and_then(|r| {
                     let decoded = r.as_decoded_interface_error::<WorkerDispatcherErrors>();
                     match decoded {
@@ -303,6 +306,12 @@ impl Chain for AlloyChain {
                     }
                 }) {
                     return Err(ChainError::Revert { intent: intent.key(), reason });
+                }
+                if let Some(response) = e.as_error_resp() {
+                    return Err(ChainError::Refused {
+                        intent: intent.key(),
+                        reason: response.message.to_string(),
+                    });
                 }
                 return Err(self.rpc_err("eth_estimateGas", e));
             }

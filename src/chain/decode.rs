@@ -115,7 +115,8 @@ pub fn chain_event(log: &alloy::primitives::Log) -> Option<ChainEvent> {
         Ev::PaymentRedeemed(e) => ChainEvent::PaymentRedeemed { id: id(e.id) },
         // Money moved: the follower re-reads our stake and credits after these.
         Ev::Withdrawn(e) => ChainEvent::Withdrawn { amount: wei(e.amount) },
-        Ev::StakeSlashed(_) | Ev::VerifierPaid(_) => ChainEvent::BalancesMoved,
+        Ev::VerifierPaid(e) => ChainEvent::VerifierPaid { id: id(e.id) },
+        Ev::StakeSlashed(_) => ChainEvent::BalancesMoved,
         // Verification and the private channel land with their own issues.
         Ev::VerificationProvided(_) | Ev::MessageSent(_) | Ev::VerificationScheduled(_) => return None,
     })

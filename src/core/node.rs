@@ -218,6 +218,10 @@ pub enum ChainEvent {
     Credits {
         amount: Wei,
     },
+    /// We were paid for our reports on an agreement we verified: it is over for us.
+    VerifierPaid {
+        id: AgreementId,
+    },
     /// We withdrew our credits.
     Withdrawn {
         amount: Wei,
@@ -266,6 +270,9 @@ enum InFlight {
     Backoff { retry_at: u64 },
 }
 
+/// Closed agreements remembered for the status.
+pub const KEEP_CLOSED: usize = 32;
+
 /// How long a reverted or refused intent waits before it is decided again (chain seconds).
 pub const RETRY_AFTER_SECS: u64 = 60;
 
@@ -283,6 +290,9 @@ pub struct Node {
     payout: Option<Address>,
     /// Withdrawn and not yet forwarded to `payout`.
     to_forward: Wei,
+    /// The amount of the forward in flight.
+    #[serde(default)]
+    forwarding: Option<Wei>,
     synced_block: u64,
     now: u64,
     at_head: bool,
@@ -302,6 +312,7 @@ impl Node {
             credits: 0,
             payout: None,
             to_forward: 0,
+            forwarding: None,
             synced_block: 0,
             now: 0,
             at_head: false,
@@ -390,8 +401,13 @@ impl Node {
             }
             Event::TxMined { key, block, success } => {
                 // A plain transfer leaves no log: its receipt is all there is to see.
-                if key == "forward" && success {
-                    self.to_forward = 0;
+                if key == "forward"
+                    && success
+                    && let Some(InFlight::Sent) = self.in_flight.get(&key)
+                    && let Some(amount) = self.forwarding.take()
+                {
+                    // Only what that transaction carried: pay withdrawn meanwhile still goes.
+                    self.to_forward -= amount.min(self.to_forward);
                 }
                 if let Some(state) = self.in_flight.get_mut(&key) {
                     *state = InFlight::Mined { block, success };
@@ -490,6 +506,7 @@ impl Node {
             }
             PaymentRedeemed { id } => self.set_stage(id, Stage::Finished),
             Credits { amount } => self.credits = amount,
+            VerifierPaid { id } => self.set_stage(id, Stage::Finished),
             Withdrawn { amount } if self.payout.is_some() => self.to_forward += amount,
             // Events about other workers (the follower should not deliver them).
             _ => {}
@@ -499,6 +516,19 @@ impl Node {
     fn set_stage(&mut self, id: AgreementId, stage: Stage) {
         if let Some(a) = self.agreements.get_mut(&id) {
             a.stage = stage;
+        }
+        if !stage.is_open() {
+            self.prune_closed();
+        }
+    }
+
+    /// Keeps the newest [`KEEP_CLOSED`] closed agreements (for `zeppelin status`); older ones
+    /// are forgotten, so a daemon running for years does not grow.
+    fn prune_closed(&mut self) {
+        let closed: Vec<AgreementId> =
+            self.agreements.values().filter(|a| !a.stage.is_open()).map(|a| a.id).collect();
+        for id in closed.iter().take(closed.len().saturating_sub(KEEP_CLOSED)) {
+            self.agreements.remove(id);
         }
     }
 
@@ -517,7 +547,9 @@ impl Node {
         }
         if let Some(to) = self.payout
             && self.to_forward > 0
+            && !self.in_flight.contains_key("forward")
         {
+            self.forwarding = Some(self.to_forward);
             intents.push(Intent::Forward { to, amount: self.to_forward });
         }
         let mut actions = Vec::new();
@@ -891,6 +923,19 @@ mod tests {
         node.set_payout(Some(ME));
         node.on_event(Event::Chain(ChainEvent::Withdrawn { amount: 90 }));
         assert!(node.on_event(Event::Synced { block: 3, timestamp: 30, at_head: true }).is_empty());
+    }
+
+    #[test]
+    fn only_the_newest_closed_agreements_are_kept() {
+        let mut node = registered();
+        for id in 1..=(KEEP_CLOSED as u64 + 10) {
+            node.on_event(created(id, ME, 0));
+            node.on_event(Event::Chain(ChainEvent::AgreementCancelled { id }));
+        }
+        node.on_event(created(1000, ME, 0));
+        assert_eq!(node.agreements().count(), KEEP_CLOSED + 1);
+        assert_eq!(node.agreements().next().unwrap().id, 11, "the oldest closed ones went first");
+        assert!(node.agreements().any(|a| a.id == 1000), "open agreements are never pruned");
     }
 
     #[test]
