@@ -230,6 +230,12 @@ async fn an_rpc_outage_is_reported_as_degraded_and_recovered_from() {
     assert!(down.last_error.unwrap().message.contains("rpc "), "the last error names the failing call");
     let health = reqwest_health(worker.http_port).await;
     assert_eq!(health.0, 503, "{}", health.1);
+    // It backs off: over 8 s of outage, polling every 0.5 s would fail 16 times; doubling
+    // intervals (0.5, 1, 2, 4 s ...) fail a handful.
+    let errors_before = rpc_errors(worker.http_port).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let failed = rpc_errors(worker.http_port).await - errors_before;
+    assert!(failed <= 6, "{failed} failed requests in 8 s: no backoff");
 
     net.restart_chain();
     net.rpc("anvil_mine", serde_json::json!([3])).await;
@@ -242,6 +248,14 @@ async fn an_rpc_outage_is_reported_as_degraded_and_recovered_from() {
         .unwrap();
     assert_eq!(reqwest_health(worker.http_port).await.0, 200);
     assert_eq!(net.nonce(worker.address).await, 1);
+}
+
+/// `zeppelin_rpc_errors_total` from the daemon's metrics.
+async fn rpc_errors(port: u16) -> u64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    let line =
+        text.lines().find(|l| l.starts_with("zeppelin_rpc_errors_total ")).expect("the counter is exported");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// `GET /health`: status code and body.

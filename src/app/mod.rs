@@ -84,6 +84,8 @@ pub enum Mode {
 /// What wakes the event loop.
 enum Trigger {
     Poll,
+    /// A new head arrived over the WebSocket: poll now, even while backing off.
+    Head,
     Command(ControlCommand),
     Reload,
     Watchdog,
@@ -108,6 +110,8 @@ struct Daemon<C, S> {
     balance: Option<Wei>,
     polls: u64,
     consecutive_failures: u32,
+    /// No poll before this after a failure (backoff).
+    next_attempt: tokio::time::Instant,
     /// Whether the last poll completed.
     healthy: bool,
     /// The last snapshot written, to skip writes that would change nothing.
@@ -259,6 +263,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         balance: None,
         polls: 0,
         consecutive_failures: 0,
+        next_attempt: tokio::time::Instant::now(),
         healthy: true,
         saved: None,
     };
@@ -278,7 +283,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     loop {
         let trigger = tokio::select! {
             _ = poll.tick() => Trigger::Poll,
-            Some(()) = head_rx.recv() => Trigger::Poll,
+            Some(()) = head_rx.recv() => Trigger::Head,
             Some(command) = command_rx.recv() => Trigger::Command(command),
             _ = sighup.recv() => Trigger::Reload,
             _ = watchdog.tick() => Trigger::Watchdog,
@@ -286,13 +291,17 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => Trigger::Shutdown,
         };
         match trigger {
-            Trigger::Poll => {
+            Trigger::Poll | Trigger::Head => {
+                if matches!(trigger, Trigger::Head) {
+                    daemon.next_attempt = tokio::time::Instant::now();
+                }
                 daemon.poll_and_report().await;
                 notifier.status(&daemon.status_line()).ok();
                 status_tx.send_replace(daemon.status.clone());
             }
             Trigger::Command(ControlCommand { command, reply }) => {
                 let answer = daemon.command(command);
+                daemon.next_attempt = tokio::time::Instant::now();
                 // The next poll acts on it; answer now.
                 let _ = reply.send(answer);
                 status_tx.send_replace(daemon.status.clone());
@@ -344,6 +353,12 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
 
     /// One poll, with its outcome in the status and the logs.
     async fn poll_and_report(&mut self) {
+        // After failures, wait longer between attempts: 1, 2, 4 ... up to 32 poll intervals,
+        // so an endpoint that is down is not hammered; a new head over the WebSocket or an
+        // operator's command brings the next attempt forward.
+        if self.consecutive_failures > 0 && tokio::time::Instant::now() < self.next_attempt {
+            return;
+        }
         self.polls += 1;
         match self.poll().await {
             Ok(()) => {
@@ -357,6 +372,9 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             }
             Err(error) => {
                 self.consecutive_failures += 1;
+                let backoff = self.config.chain.poll_interval
+                    * (1u32 << self.consecutive_failures.min(6).saturating_sub(1));
+                self.next_attempt = tokio::time::Instant::now() + backoff;
                 let message = format!("{error:#}");
                 // Every failure is counted; the first of a run and every tenth are logged.
                 if self.consecutive_failures == 1 || self.consecutive_failures.is_multiple_of(10) {
