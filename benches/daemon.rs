@@ -194,9 +194,8 @@ async fn run() -> Result<()> {
     let store = zeppelin::store::DbStore::open(&db)?;
     if let Some(snapshot) = zeppelin::store::Store::<zeppelin::app::Snapshot>::load(&store)? {
         println!(
-            "state: snapshot of {:.1} KiB JSON ({} checkpoints) saved on every poll; {} is {:.1} KiB",
+            "state: snapshot of {:.1} KiB JSON, saved when it changes (checkpoints stay in memory); {} is {:.1} KiB",
             serde_json::to_vec(&snapshot)?.len() as f64 / 1024.0,
-            snapshot.checkpoints.len(),
             db.display(),
             std::fs::metadata(&db)?.len() as f64 / 1024.0
         );
