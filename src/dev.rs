@@ -27,6 +27,9 @@ use crate::cli::DevArgs;
 /// Runs the local marketplace until interrupted (or, with `--once`, until it is set up).
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("zeppelin dev: a local marketplace on this machine");
+    // The workers' config files need absolute paths.
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    let args = DevArgs { dir: std::path::absolute(&args.dir)?, ..args };
 
     let anvil = start_chain(&args).await?;
     let provider = ProviderBuilder::new().connect_http(anvil.endpoint_url());
@@ -106,7 +109,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         );
         workers.push(worker);
     }
-    for (i, worker) in workers.iter().enumerate() {
+    for (i, worker) in workers.iter_mut().enumerate() {
         let report = worker.wait_registered(Duration::from_secs(60)).await?;
         let terms = report.registration.terms.as_ref().expect("registered workers have terms");
         println!(
@@ -295,7 +298,7 @@ impl DevWorker {
 
     /// Waits until `check` holds for the daemon's status (polling its socket).
     pub async fn wait_for(
-        &self,
+        &mut self,
         what: &str,
         within: Duration,
         check: impl Fn(&crate::api::StatusReport) -> bool,
@@ -303,6 +306,14 @@ impl DevWorker {
         let deadline = tokio::time::Instant::now() + within;
         let mut last = None;
         loop {
+            if let Some(status) = self.child.try_wait()? {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                anyhow::bail!(
+                    "worker {} exited ({status}) before it was {what}; its log:\n{}",
+                    self.address,
+                    log.trim_end()
+                );
+            }
             if let Ok(report) = self.status().await {
                 if check(&report) {
                     return Ok(report);
@@ -323,7 +334,7 @@ impl DevWorker {
     }
 
     /// Waits for the registration to show on chain (as the daemon sees it).
-    pub async fn wait_registered(&self, within: Duration) -> anyhow::Result<crate::api::StatusReport> {
+    pub async fn wait_registered(&mut self, within: Duration) -> anyhow::Result<crate::api::StatusReport> {
         self.wait_for("registered", within, |r| {
             matches!(r.registration.state, crate::api::status::RegistrationState::Active)
         })

@@ -148,7 +148,7 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_registers_its_measured_capacity_capped_by_its_config() {
     let net = Net::start("register").await;
-    let worker = net.worker("w", "cpus = 1\nmemory = \"512 MiB\"\ndisk = \"1 GiB\"\nslots = 2", 1).await;
+    let mut worker = net.worker("w", "cpus = 1\nmemory = \"512 MiB\"\ndisk = \"1 GiB\"\nslots = 2", 1).await;
     let report = worker.wait_registered(WAIT).await.unwrap();
 
     let on_chain = net.registration(worker.address).await;
@@ -218,7 +218,7 @@ async fn a_restart_resumes_without_registering_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_rpc_outage_is_reported_as_degraded_and_recovered_from() {
     let mut net = Net::start("outage").await;
-    let worker = net.worker("w", "", 1).await;
+    let mut worker = net.worker("w", "", 1).await;
     worker.wait_registered(WAIT).await.unwrap();
 
     net.stop_chain();
@@ -318,7 +318,7 @@ async fn a_reorg_that_drops_the_registration_is_followed_and_repaired() {
     let net = Net::start("reorg").await;
     let before: String =
         serde_json::from_value(net.rpc("evm_snapshot", serde_json::json!([])).await).unwrap();
-    let worker = net.worker("w", "", 1).await;
+    let mut worker = net.worker("w", "", 1).await;
     worker.wait_registered(WAIT).await.unwrap();
 
     // The chain forgets the funding and the registration; a longer chain replaces them.
@@ -385,7 +385,7 @@ async fn a_config_changed_while_stopped_is_applied_at_the_next_start() {
 async fn leave_gets_the_stake_back_to_the_payout_address_after_the_unbonding_delay() {
     let net = Net::start("leave").await;
     let payout = Address::repeat_byte(0x5a);
-    let worker = net.worker("w", &format!("payout_address = \"{payout}\""), 1).await;
+    let mut worker = net.worker("w", &format!("payout_address = \"{payout}\""), 1).await;
     worker.wait_registered(WAIT).await.unwrap();
     let out = std::process::Command::new(common::zeppelin())
         .args(["leave", "--socket"])
@@ -466,7 +466,7 @@ async fn new_heads_over_the_websocket_wake_the_daemon_between_slow_polls() {
     let mut spec = net.spec("w", "");
     spec.poll_interval = "5m".into();
     spec.ws_url = Some(format!("ws://127.0.0.1:{}", net.port));
-    let worker = DevWorker::start(&common::zeppelin(), &spec, Some(&net.keys[1])).await.unwrap();
+    let mut worker = DevWorker::start(&common::zeppelin(), &spec, Some(&net.keys[1])).await.unwrap();
     // The first poll runs at start and sends the registration; only a new head can make the
     // daemon see it mined before the five-minute timer.
     let report = worker.wait_registered(Duration::from_secs(20)).await.unwrap();
@@ -486,7 +486,7 @@ async fn an_unfunded_worker_says_it_needs_ether_and_registers_once_funded() {
     .unwrap();
     let eth = U256::from(10u64).pow(U256::from(18u64));
     net.rpc("anvil_setBalance", serde_json::json!([identity.address(), eth / U256::from(2u64)])).await;
-    let worker = DevWorker::start(&common::zeppelin(), &spec, None).await.unwrap();
+    let mut worker = DevWorker::start(&common::zeppelin(), &spec, None).await.unwrap();
     let report = worker
         .wait_for("degraded for want of ether", WAIT, |r| r.health.status == HealthStatus::Degraded)
         .await
