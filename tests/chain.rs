@@ -43,7 +43,16 @@ async fn mine(chain: &AlloyChain, me: zeppelin::core::Address, intent: Intent) -
     chain.broadcast(&tx).await.unwrap();
     // Broadcasting the same bytes again (a restart, a retry) is harmless.
     chain.broadcast(&tx).await.unwrap();
-    let receipt = chain.receipt(tx.hash).await.unwrap().expect("anvil mines at once");
+    // Anvil mines on arrival, but may answer before the block is sealed.
+    let mut receipt = None;
+    for _ in 0..100 {
+        receipt = chain.receipt(tx.hash).await.unwrap();
+        if receipt.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let receipt = receipt.expect("mined within 5 s");
     assert!(receipt.success);
     receipt.block
 }
