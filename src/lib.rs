@@ -25,8 +25,7 @@
 //! actions, and the application loop carries them out through one small trait per outside
 //! system. Only the adapter for a system knows its library.
 //!
-//! ## Code map (what exists today; `runtime/`, `nat/` and `verify/` in the diagram come with
-//! their issues)
+//! ## Code map (what exists today; `nat/` and `verify/` in the diagram come with their issues)
 //!
 //! - `main.rs`: thin entry: parse the command line, set up logging, map errors to an exit code.
 //! - [`cli`]: the subcommands (`daemon`, `status`, `leave`, `pause`, `resume`, `reload`, `dev`);
@@ -39,6 +38,11 @@
 //!   reconciled against the operator's goal, the agreement lifecycle, intents in flight.
 //! - [`chain`]: the only module that speaks Ethereum: the `Chain` trait and `AlloyChain`,
 //!   bindings generated from `contracts/abi/`, log decoding, the deployment file.
+//! - [`runtime`]: the only module that knows bollard: the `Runtime` trait and `DockerRuntime`
+//!   (unix socket; containers named and labelled by scope and agreement, each on its own bridge
+//!   network with the agreement's CPU, memory without swap and pids limits, no capabilities, no
+//!   new privileges, a read-only root with a small `/tmp`, no mounts), image loading from a
+//!   stream, layer-prefix lookup; [`runtime::images`] builds busybox test images.
 //! - [`store`]: trait `Store`; the embedded database (redb) holding the daemon's snapshot.
 //! - [`api`]: observing and steering the running daemon: the `StatusReport` the app publishes,
 //!   the unix control socket (JSON lines) and its client, `/health` and `/metrics` over HTTP on
@@ -56,6 +60,8 @@
 //!
 //! - **The core never does I/O.** No async, no clock, no sockets: chain time arrives in events.
 //!   Its types derive serde so the store can persist them; nothing in it calls serde.
+//! - **Only `runtime/` knows bollard**, and nothing a container gets is chosen outside
+//!   `runtime/docker.rs`: the hardening is in one function (`container_body`).
 //! - **Only `chain/` knows alloy's providers and contracts.** `config` and `identity` use
 //!   alloy's plain value types (addresses, amounts, the signer); the core uses its own.
 //! - **A decision is saved before it leaves the machine.** The app signs into the outbox, saves
@@ -79,6 +85,7 @@ pub mod dev;
 pub mod host;
 pub mod identity;
 pub mod logging;
+pub mod runtime;
 pub mod store;
 pub mod systemd;
 pub mod tls;

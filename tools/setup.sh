@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One set-up path for everything Zeppelin's development and tests need on Debian 12:
 #   - Debian packages: the Docker engine (docker.io), Node.js and npm, the test router
-#     (miniupnpd, miniupnpc, iproute2, iptables) and small tools;
+#     (miniupnpd, miniupnpc, iproute2, iptables), busybox-static (test images) and small tools;
 #   - the contract toolchain from the npm registry, pinned by tools/package-lock.json:
 #     anvil, forge, cast (Foundry) and solc-js behind the tools/solc wrapper;
 #   - the ARM cross toolchains (tools/setup-cross.sh): Debian's rustc-web with arm64/armhf
@@ -41,6 +41,8 @@ die() {
 
 # ---------------------------------------------------------------- Debian packages
 packages=(ca-certificates curl git xz-utils file iproute2 iptables miniupnpd-iptables miniupnpc)
+# The static busybox that the container tests' images are made of (src/runtime/images.rs).
+packages+=(busybox-static)
 [ "$want_docker" = 1 ] && packages+=(docker.io)
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
