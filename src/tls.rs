@@ -8,6 +8,171 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+/// The transfer server's certificate: generated at first start, kept in the state directory,
+/// and pinned by clients through its SHA-256 fingerprint (sent over the private channel), so no
+/// certificate authority is involved.
+pub struct TransferCert {
+    pub cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("generating the transfer certificate: {0}")]
+    Generate(String),
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+impl TransferCert {
+    /// Loads `transfer-cert.der` / `transfer-key.der` from `dir`, or creates them (key 0600).
+    pub fn load_or_create(dir: &Path) -> Result<Self, TlsError> {
+        let cert_path = dir.join("transfer-cert.der");
+        let key_path = dir.join("transfer-key.der");
+        if cert_path.exists() && key_path.exists() {
+            let read = |p: &Path| {
+                std::fs::read(p).map_err(|source| TlsError::Io { what: "reading", path: p.into(), source })
+            };
+            return Ok(TransferCert {
+                cert: CertificateDer::from(read(&cert_path)?),
+                key: PrivatePkcs8KeyDer::from(read(&key_path)?),
+            });
+        }
+        let generated = Self::generate()?;
+        write_private(&key_path, generated.key.secret_pkcs8_der())?;
+        std::fs::write(&cert_path, generated.cert.as_ref()).map_err(|source| TlsError::Io {
+            what: "writing",
+            path: cert_path,
+            source,
+        })?;
+        Ok(generated)
+    }
+
+    /// A fresh self-signed certificate (ECDSA P-256), held in memory only.
+    pub fn generate() -> Result<Self, TlsError> {
+        let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
+        let params = rcgen::CertificateParams::new(vec!["zeppelin-worker".to_owned()])
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        let cert = params.self_signed(&key).map_err(|e| TlsError::Generate(e.to_string()))?;
+        Ok(TransferCert { cert: cert.der().clone(), key: PrivatePkcs8KeyDer::from(key.serialize_der()) })
+    }
+
+    /// SHA-256 of the certificate, lower-case hex: what clients pin.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.cert)
+    }
+
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        install_crypto_provider();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![self.cert.clone()], PrivateKeyDer::Pkcs8(self.key.clone_key()))?;
+        Ok(Arc::new(config))
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes).map(|()| f))
+        .map_err(|source| TlsError::Io { what: "writing", path: path.into(), source })?;
+    f.flush().map_err(|source| TlsError::Io { what: "writing", path: path.into(), source })
+}
+
+/// SHA-256 of a DER certificate, lower-case hex.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    Sha256::digest(cert.as_ref()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A client configuration that trusts exactly one certificate: the one whose fingerprint was
+/// received over the private channel. The handshake signature is still verified with that
+/// certificate's key, so a server that merely copied the certificate cannot complete it.
+pub fn pinned_client_config(fingerprint: &str) -> Arc<rustls::ClientConfig> {
+    install_crypto_provider();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(Pinned { fingerprint: fingerprint.to_ascii_lowercase(), provider });
+    Arc::new(
+        rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    )
+}
+
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = fingerprint(end_entity);
+        if got == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the worker's certificate is not the one it announced (fingerprint {got}, expected {})",
+                self.fingerprint
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -181,6 +181,16 @@ impl AlloyChain {
             Intent::Abort(i) => (W::abortAgreementCall { id: id(i) }.abi_encode(), U256::ZERO),
             Intent::Redeem(i) => (W::redeemPaymentCall { id: id(i) }.abi_encode(), U256::ZERO),
             Intent::Withdraw => (W::withdrawCall {}.abi_encode(), U256::ZERO),
+            Intent::Offer { id: i, to, ciphertext } => (
+                W::sendMessageCall {
+                    id: id(i),
+                    to: decode::eth_address(*to),
+                    ciphertext: ciphertext.clone().into(),
+                }
+                .abi_encode(),
+                U256::ZERO,
+            ),
+            Intent::DeclareReady(i) => (W::declareReadyCall { id: id(i) }.abi_encode(), U256::ZERO),
             Intent::Forward { .. } => unreachable!("a transfer, not a dispatcher call"),
         }
     }

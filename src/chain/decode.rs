@@ -5,6 +5,7 @@ use alloy::sol_types::SolEventInterface;
 use super::bindings::WorkerDispatcher::{self, WorkerDispatcherEvents as Ev};
 use crate::core::node::{ChainEvent, ProtocolParams};
 use crate::core::types::{Address, Arch, Terms, Wei};
+use crate::core::work::Work;
 
 pub fn address(a: EthAddress) -> Address {
     Address(a.0.0)
@@ -93,6 +94,19 @@ pub fn chain_event(log: &alloy::primitives::Log) -> Option<ChainEvent> {
             price_per_second: wei(e.pricePerSecond),
             duration: secs(e.duration),
             accept_deadline: secs(e.acceptDeadline),
+            work: Work {
+                cpu_millis: e.requirements.cpuMillis,
+                memory_mib: e.requirements.memoryMiB,
+                disk_mib: e.requirements.diskMiB,
+                image: e.work.imageDigest.0,
+                probe: e.work.probeSpecHash.0,
+            },
+        },
+        Ev::MessageSent(e) => ChainEvent::MessageSent {
+            id: id(e.id),
+            from: address(e.from),
+            to: address(e.to),
+            ciphertext: e.ciphertext.to_vec(),
         },
         Ev::VerifierAssigned(e) => ChainEvent::VerifierAssigned {
             id: id(e.id),
@@ -118,7 +132,7 @@ pub fn chain_event(log: &alloy::primitives::Log) -> Option<ChainEvent> {
         Ev::VerifierPaid(e) => ChainEvent::VerifierPaid { id: id(e.id) },
         Ev::StakeSlashed(_) => ChainEvent::BalancesMoved,
         // Verification and the private channel land with their own issues.
-        Ev::VerificationProvided(_) | Ev::MessageSent(_) | Ev::VerificationScheduled(_) => return None,
+        Ev::VerificationProvided(_) | Ev::VerificationScheduled(_) => return None,
     })
 }
 

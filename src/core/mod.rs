@@ -8,10 +8,13 @@
 //!
 //! - [`types`]: addresses, amounts, the worker's on-chain terms.
 //! - [`node`]: the daemon's state machine: registration and the agreements it takes part in.
+//! - [`work`]: an agreement's work: the client's commitment and the deployment's phases.
 pub mod node;
 pub mod types;
+pub mod work;
 
 pub use node::{
     Action, AgreementView, ChainEvent, Event, Goal, Intent, Node, ProtocolParams, Registration, Role, Stage,
 };
 pub use types::{Address, AgreementId, Arch, Terms, Wei};
+pub use work::{Deployment, Phase, Probe, Work, WorkEvent};

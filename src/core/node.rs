@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::types::{Address, AgreementId, Terms, Wei};
+use super::work::{Deployment, Phase, Work, WorkEvent};
 
 /// The protocol parameters the dispatcher was deployed with (`WorkerDispatcher.params()`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +88,15 @@ pub enum Intent {
         to: Address,
         amount: Wei,
     },
+    /// Our offer to the client (transfer endpoint, certificate fingerprint, work endpoint),
+    /// sealed to its key by the shell.
+    Offer {
+        id: AgreementId,
+        to: Address,
+        ciphertext: Vec<u8>,
+    },
+    /// The work is deployed and answers its probe: epochs start.
+    DeclareReady(AgreementId),
 }
 
 impl Intent {
@@ -107,6 +117,8 @@ impl Intent {
             Intent::Redeem(id) => format!("redeem:{id}"),
             Intent::Withdraw => "withdraw".into(),
             Intent::Forward { .. } => "forward".into(),
+            Intent::Offer { id, .. } => format!("offer:{id}"),
+            Intent::DeclareReady(id) => format!("ready:{id}"),
         }
     }
 }
@@ -148,6 +160,12 @@ pub struct AgreementView {
     pub price_per_second: Wei,
     pub duration: u64,
     pub stage: Stage,
+    /// What the client committed to (for agreements where we are the worker).
+    #[serde(default)]
+    pub work: Option<Work>,
+    /// The deployment agreed with the client over the private channel.
+    #[serde(default)]
+    pub deployment: Option<Deployment>,
 }
 
 /// A decoded chain log that concerns this daemon (the follower asks only for those).
@@ -186,6 +204,15 @@ pub enum ChainEvent {
         price_per_second: Wei,
         duration: u64,
         accept_deadline: u64,
+        work: Work,
+    },
+    /// A private-channel letter of an agreement we are part of was relayed (its content, if it
+    /// is for us, is opened by the shell and arrives as a [`WorkEvent`]).
+    MessageSent {
+        id: AgreementId,
+        from: Address,
+        to: Address,
+        ciphertext: Vec<u8>,
     },
     VerifierAssigned {
         id: AgreementId,
@@ -250,6 +277,8 @@ pub enum Event {
     TxAbandoned { key: String, reason: String, retry_at: u64 },
     /// The operator's goal changed (config reload, `zeppelin leave`).
     GoalChanged(Goal),
+    /// Something happened to an agreement's work (private channel, transfer, container).
+    Work(WorkEvent),
 }
 
 /// What the shell must do.
@@ -257,6 +286,11 @@ pub enum Event {
 pub enum Action {
     /// Sign and send this transaction; report `TxMined` or `TxAbandoned` for its key.
     Send(Intent),
+    /// Start (or adopt) the agreement's container from its loaded image, wait for its probe,
+    /// and report `WorkEvent::Started` or `WorkEvent::Failed`.
+    Start(AgreementId),
+    /// Stop and remove the agreement's container (idempotent).
+    Stop(AgreementId),
 }
 
 /// The state of an intent between the decision and its observed effect.
@@ -297,6 +331,9 @@ pub struct Node {
     now: u64,
     at_head: bool,
     last_error: Option<String>,
+    /// Sealed offers waiting to be sent (kept until our letter is seen on chain).
+    #[serde(default)]
+    pending_offers: BTreeMap<AgreementId, Vec<u8>>,
 }
 
 impl Node {
@@ -317,6 +354,7 @@ impl Node {
             now: 0,
             at_head: false,
             last_error: None,
+            pending_offers: BTreeMap::new(),
         }
     }
 
@@ -421,8 +459,86 @@ impl Node {
                 self.last_error = Some(format!("transaction {key} not sent: {reason}"));
             }
             Event::GoalChanged(goal) => self.goal = goal,
+            Event::Work(event) => {
+                if let Some(action) = self.on_work(event) {
+                    let mut actions = vec![action];
+                    actions.extend(self.decide());
+                    return actions;
+                }
+            }
         }
         self.decide()
+    }
+
+    fn on_work(&mut self, event: WorkEvent) -> Option<Action> {
+        match event {
+            WorkEvent::Hello { id, client_key, container_port, host_port, probe, offer } => {
+                let a = self.agreements.get_mut(&id)?;
+                let waiting = matches!(a.stage, Stage::Created { .. } | Stage::Accepted { .. });
+                if a.role != Role::Worker || a.deployment.is_some() || !waiting {
+                    return None;
+                }
+                a.deployment = Some(Deployment {
+                    client_key,
+                    container_port,
+                    host_port,
+                    probe,
+                    offer_sent: false,
+                    phase: Phase::AwaitingImage,
+                });
+                self.pending_offers.insert(id, offer);
+                None
+            }
+            WorkEvent::ImageLoaded { id } => {
+                let d = self.deployment_mut(id)?;
+                if d.phase != Phase::AwaitingImage {
+                    return None;
+                }
+                d.phase = Phase::Loaded;
+                Some(Action::Start(id))
+            }
+            WorkEvent::Started { id } => {
+                let d = self.deployment_mut(id)?;
+                if d.phase == Phase::Loaded {
+                    d.phase = Phase::Started;
+                }
+                None
+            }
+            WorkEvent::Failed { id, reason } => {
+                let d = self.deployment_mut(id)?;
+                if matches!(d.phase, Phase::Loaded | Phase::Started) {
+                    d.phase = Phase::Failed { reason: reason.clone() };
+                    self.last_error = Some(format!("agreement {id}: {reason}"));
+                    return Some(Action::Stop(id));
+                }
+                None
+            }
+        }
+    }
+
+    fn deployment_mut(&mut self, id: AgreementId) -> Option<&mut Deployment> {
+        self.agreements.get_mut(&id)?.deployment.as_mut()
+    }
+
+    /// One agreement.
+    pub fn agreement(&self, id: AgreementId) -> Option<&AgreementView> {
+        self.agreements.get(&id)
+    }
+
+    /// Host ports held by deployments that are not over.
+    pub fn ports_in_use(&self) -> impl Iterator<Item = u16> + '_ {
+        self.agreements.values().filter_map(|a| {
+            let d = a.deployment.as_ref()?;
+            (!matches!(d.phase, Phase::Stopped)).then_some(d.host_port)
+        })
+    }
+
+    /// Deployments whose container should be running now (for re-adoption after a restart).
+    pub fn should_run(&self) -> impl Iterator<Item = AgreementId> + '_ {
+        self.agreements.values().filter_map(|a| {
+            let d = a.deployment.as_ref()?;
+            matches!(d.phase, Phase::Loaded | Phase::Started).then_some(a.id)
+        })
     }
 
     fn apply(&mut self, event: ChainEvent) {
@@ -460,7 +576,7 @@ impl Node {
                 self.registration = Registration::Leaving { stake, unbond_at };
             }
             StakeWithdrawn { worker } if worker == me => self.registration = Registration::NotRegistered,
-            AgreementCreated { id, client, worker, price_per_second, duration, accept_deadline }
+            AgreementCreated { id, client, worker, price_per_second, duration, accept_deadline, work }
                 if worker == me =>
             {
                 self.agreements.insert(
@@ -473,8 +589,16 @@ impl Node {
                         price_per_second,
                         duration,
                         stage: Stage::Created { accept_deadline },
+                        work: Some(work),
+                        deployment: None,
                     },
                 );
+            }
+            MessageSent { id, from, .. } if from == me => {
+                if let Some(d) = self.deployment_mut(id) {
+                    d.offer_sent = true;
+                }
+                self.pending_offers.remove(&id);
             }
             VerifierAssigned { id, verifier, worker } if verifier == me => {
                 self.agreements.entry(id).or_insert(AgreementView {
@@ -485,6 +609,8 @@ impl Node {
                     price_per_second: 0,
                     duration: 0,
                     stage: Stage::Created { accept_deadline: 0 },
+                    work: None,
+                    deployment: None,
                 });
             }
             AgreementAccepted { id, ready_deadline } => {
@@ -534,8 +660,11 @@ impl Node {
 
     /// The reconciliation: every rule that turns state into a transaction.
     fn decide(&mut self) -> Vec<Action> {
+        // Containers stop when their agreement is over, whether or not we are deciding
+        // transactions yet (a restarted daemon stops what ended while it was down).
+        let mut actions = self.decide_stops();
         if !self.at_head {
-            return Vec::new();
+            return actions;
         }
         let mut intents = Vec::new();
         if self.registration != Registration::Unknown {
@@ -552,7 +681,6 @@ impl Node {
             self.forwarding = Some(self.to_forward);
             intents.push(Intent::Forward { to, amount: self.to_forward });
         }
-        let mut actions = Vec::new();
         for intent in intents {
             let key = intent.key();
             if self.in_flight.contains_key(&key) {
@@ -560,6 +688,29 @@ impl Node {
             }
             self.in_flight.insert(key, InFlight::Sent);
             actions.push(Action::Send(intent));
+        }
+        actions
+    }
+
+    /// Work whose agreement is over (closed, terminated, or past its last epoch) is stopped.
+    fn decide_stops(&mut self) -> Vec<Action> {
+        let (now, epoch) = (self.now, self.params.epoch_length);
+        let mut actions = Vec::new();
+        for a in self.agreements.values_mut() {
+            let over = match a.stage {
+                Stage::Running { started_at, epochs } => now >= started_at + epochs * epoch,
+                Stage::Terminated { .. } | Stage::Finished | Stage::Cancelled | Stage::Aborted => true,
+                Stage::Created { .. } | Stage::Accepted { .. } => false,
+            };
+            if let Some(d) = a.deployment.as_mut()
+                && over
+                && matches!(d.phase, Phase::AwaitingImage | Phase::Loaded | Phase::Started)
+            {
+                if d.phase != Phase::AwaitingImage {
+                    actions.push(Action::Stop(a.id));
+                }
+                d.phase = Phase::Stopped;
+            }
         }
         actions
     }
@@ -611,6 +762,14 @@ impl Node {
 
     fn decide_agreements(&self, out: &mut Vec<Intent>) {
         let p = self.params;
+        for (&id, ciphertext) in &self.pending_offers {
+            let Some(a) = self.agreements.get(&id) else { continue };
+            let open =
+                matches!(a.stage, Stage::Created { .. } | Stage::Accepted { .. } | Stage::Running { .. });
+            if open && a.deployment.as_ref().is_some_and(|d| !d.offer_sent) {
+                out.push(Intent::Offer { id, to: a.client, ciphertext: ciphertext.clone() });
+            }
+        }
         // Slots in use by agreements already accepted or running.
         let offered_slots = match self.goal {
             Goal::Serve { terms, .. } | Goal::Pause { terms, .. } => terms.slots as usize,
@@ -636,6 +795,12 @@ impl Node {
                     } else {
                         out.push(Intent::Decline(a.id));
                     }
+                }
+                Stage::Accepted { ready_deadline }
+                    if self.now < ready_deadline
+                        && a.deployment.as_ref().is_some_and(|d| d.phase == Phase::Started) =>
+                {
+                    out.push(Intent::DeclareReady(a.id))
                 }
                 // Accepted but never declared ready (no image, or it would not run): close it
                 // so the slot is not held forever; the contract splits the cost.
@@ -705,7 +870,13 @@ mod tests {
     }
 
     fn sends(actions: &[Action]) -> Vec<Intent> {
-        actions.iter().map(|Action::Send(i)| i.clone()).collect()
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(i) => Some(i.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn created(id: AgreementId, worker: Address, accept_deadline: u64) -> Event {
@@ -716,8 +887,12 @@ mod tests {
             price_per_second: 1_000_000_000,
             duration: 90,
             accept_deadline,
+            work: WORK,
         })
     }
+
+    const WORK: Work =
+        Work { cpu_millis: 500, memory_mib: 256, disk_mib: 512, image: [1; 32], probe: [2; 32] };
 
     #[test]
     fn nothing_is_decided_before_the_registration_is_read() {
