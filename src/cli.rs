@@ -45,6 +45,90 @@ pub enum Command {
     /// Run a complete local marketplace on this machine: a local chain with the protocol
     /// contracts deployed (worker daemons and a client join it as those capabilities land).
     Dev(DevArgs),
+    /// Buy time on a worker and run an image there; follow or cancel what you bought.
+    #[command(subcommand)]
+    Client(ClientCommand),
+}
+
+/// The client's commands.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Buy time on a worker, push a local image to it, and wait until it runs.
+    Buy(Box<BuyArgs>),
+    /// Show one agreement (and, for its client, where the work is reachable).
+    Status {
+        #[command(flatten)]
+        market: MarketArgs,
+        /// The agreement.
+        id: u64,
+    },
+    /// List the agreements this key bought.
+    List(MarketArgs),
+    /// Cancel an agreement the worker did not accept within its accept window: everything
+    /// comes back.
+    Cancel {
+        #[command(flatten)]
+        market: MarketArgs,
+        /// The agreement.
+        id: u64,
+    },
+}
+
+/// Which chain and dispatcher, and whose key.
+#[derive(Debug, Args)]
+pub struct MarketArgs {
+    /// The chain's JSON-RPC endpoint.
+    #[arg(long, env = "ZEPPELIN_RPC_URL", default_value = "http://127.0.0.1:8545")]
+    pub rpc_url: url::Url,
+    /// The deployment file naming the dispatcher (written by the deploy script or `zeppelin dev`).
+    #[arg(long, env = "ZEPPELIN_DEPLOYMENT")]
+    pub deployment: PathBuf,
+    /// The client's key: a file holding a hex private key, created (0600) if missing.
+    #[arg(long, env = "ZEPPELIN_CLIENT_KEY")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Options of `zeppelin client buy`.
+#[derive(Debug, Args)]
+pub struct BuyArgs {
+    #[command(flatten)]
+    pub market: MarketArgs,
+    /// The local image to run (name, name:tag or image ID).
+    #[arg(long)]
+    pub image: String,
+    /// CPU for the work, in cores (e.g. 0.5).
+    #[arg(long, default_value_t = 0.5)]
+    pub cpus: f64,
+    /// Memory for the work, MiB.
+    #[arg(long, default_value_t = 256)]
+    pub memory_mib: u32,
+    /// Disk for the work, MiB (at least the image's size is asked for).
+    #[arg(long, default_value_t = 64)]
+    pub disk_mib: u32,
+    /// How long to buy (e.g. 10m, 1h); a multiple of the protocol's epoch.
+    #[arg(long, default_value = "10m")]
+    pub duration: humantime::Duration,
+    /// The highest price per second you accept (wei, or with a unit: 2gwei).
+    #[arg(long, default_value = "10gwei")]
+    pub max_price: String,
+    /// How many verifiers watch the work.
+    #[arg(long, default_value_t = 1)]
+    pub verifiers: u8,
+    /// The architecture the image is built for (amd64, arm64, armhf).
+    #[arg(long, default_value = crate::host::NATIVE_ARCH)]
+    pub arch: String,
+    /// The port the work listens on inside its container.
+    #[arg(long)]
+    pub port: u16,
+    /// How the work is checked: `tcp`, or `http:<path>[:<status>[:<sha256 of the body>]]`.
+    #[arg(long, default_value = "tcp")]
+    pub probe: String,
+    /// How long to wait for the worker at each step.
+    #[arg(long, default_value = "5m")]
+    pub wait: humantime::Duration,
+    /// The local Docker engine's socket (where the image is exported from).
+    #[arg(long, default_value = "/var/run/docker.sock")]
+    pub docker_socket: PathBuf,
 }
 
 /// Where the config file is.
@@ -134,6 +218,73 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pause(target) => command(&runtime, &target, Request::Pause),
         Command::Resume(target) => command(&runtime, &target, Request::Resume),
         Command::Reload(target) => command(&runtime, &target, Request::Reload),
+        Command::Client(command) => runtime.block_on(client(command)),
+    }
+}
+
+fn market(args: &MarketArgs) -> anyhow::Result<(crate::chain::market::Market, crate::identity::Identity)> {
+    let key_path = args.key_file.clone().unwrap_or_else(crate::client::default_key_path);
+    let (identity, created) = crate::client::load_or_create_key(&key_path)?;
+    if created {
+        println!("created a client key in {}: address {}", key_path.display(), identity.address());
+    }
+    let deployment = crate::chain::deployment::Deployment::load(&args.deployment)?;
+    let market =
+        crate::chain::market::Market::new(args.rpc_url.clone(), deployment, identity.signer().clone());
+    Ok((market, identity))
+}
+
+async fn client(command: ClientCommand) -> anyhow::Result<()> {
+    match command {
+        ClientCommand::Buy(args) => {
+            let args = *args;
+            let (market, identity) = market(&args.market)?;
+            let arch = crate::core::types::Arch::from_name(&args.arch)
+                .ok_or_else(|| anyhow::anyhow!("--arch {:?}: expected amd64, arm64 or armhf", args.arch))?;
+            if !(args.cpus > 0.0 && args.cpus <= 1024.0) {
+                anyhow::bail!("--cpus {}: expected a positive number of cores", args.cpus);
+            }
+            let order = crate::client::BuyOrder {
+                image: args.image.clone(),
+                wants: crate::chain::market::Wants {
+                    arch,
+                    cpu_millis: (args.cpus * 1000.0).round() as u32,
+                    memory_mib: args.memory_mib,
+                    disk_mib: args.disk_mib,
+                    duration: args.duration.as_secs(),
+                    max_price_per_second: crate::client::parse_wei(&args.max_price)
+                        .map_err(|e| anyhow::anyhow!("--max-price {e}"))?,
+                    verifiers: args.verifiers,
+                },
+                port: args.port,
+                probe: crate::probe::parse(&args.probe).map_err(|e| anyhow::anyhow!("--probe {e}"))?,
+                wait: *args.wait,
+            };
+            let docker = crate::runtime::DockerRuntime::connect(Some(&args.docker_socket))?;
+            let deployed =
+                crate::client::buy(&market, &identity, &docker, &crate::client::default_cache_dir(), &order)
+                    .await?;
+            println!("agreement {}: work reachable at {}", deployed.id, deployed.endpoint);
+            Ok(())
+        }
+        ClientCommand::Status { market: args, id } => {
+            let (market, identity) = market(&args)?;
+            print!("{}", crate::client::status(&market, &identity, id).await?);
+            Ok(())
+        }
+        ClientCommand::List(args) => {
+            let (market, _) = market(&args)?;
+            print!("{}", crate::client::list(&market).await?);
+            Ok(())
+        }
+        ClientCommand::Cancel { market: args, id } => {
+            let (market, _) = market(&args)?;
+            market.cancel(id).await?;
+            println!(
+                "agreement {id} cancelled: the escrow is credited back to you (withdraw it from the dispatcher)"
+            );
+            Ok(())
+        }
     }
 }
 

@@ -76,6 +76,29 @@ pub struct Config {
     pub state: StateConfig,
     /// `[api]`: the control socket and the health/metrics endpoint.
     pub api: ApiConfig,
+    /// `[work]`: receiving images and running clients' containers.
+    pub work: WorkConfig,
+}
+
+/// `[work]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkConfig {
+    /// `work.transfer_listen`: where the image transfer server (TLS) listens. Default
+    /// `0.0.0.0:7070`; port 0 takes any free port.
+    pub transfer_listen: SocketAddr,
+    /// `work.announce_host`: the host or IP address clients reach this worker at (sent to them
+    /// over the private channel). Default: the address of the interface of the default route.
+    pub announce_host: Option<String>,
+    /// `work.ports`: the host ports clients' containers are published on, `"first-last"`.
+    pub ports: (u16, u16),
+    /// `work.publish_ip`: the address containers' ports are published on. Default `0.0.0.0`.
+    pub publish_ip: std::net::IpAddr,
+    /// `work.docker_socket`: the Docker engine's socket. Default `/var/run/docker.sock`.
+    pub docker_socket: PathBuf,
+    /// `work.pids_limit`: the most processes one container may run. Default 256.
+    pub pids_limit: u32,
+    /// `work.tmp_size`: the size of a container's writable `/tmp`, MiB. Default 64.
+    pub tmp_mib: u32,
 }
 
 /// `[chain]`.
@@ -281,6 +304,63 @@ struct RawConfig {
     worker: RawWorker,
     state: RawState,
     api: RawApi,
+    work: RawWork,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawWork {
+    transfer_listen: Option<String>,
+    announce_host: Option<String>,
+    ports: Option<String>,
+    publish_ip: Option<String>,
+    docker_socket: Option<PathBuf>,
+    #[serde(deserialize_with = "integer")]
+    pids_limit: Option<i64>,
+    tmp_size: Option<Size>,
+}
+
+impl RawWork {
+    fn validate(self) -> Result<WorkConfig, Invalid> {
+        const LISTEN: &str = "work.transfer_listen";
+        let listen = self.transfer_listen.as_deref().unwrap_or("0.0.0.0:7070");
+        let transfer_listen: SocketAddr = listen.parse().map_err(|_| {
+            (LISTEN, format!("{listen:?} is not an IP address and port, such as \"0.0.0.0:7070\""))
+        })?;
+        let announce_host = match self.announce_host {
+            Some(h)
+                if h.trim().is_empty()
+                    || h.contains(['/', ' ', ':']) && h.parse::<std::net::IpAddr>().is_err() =>
+            {
+                return Err(("work.announce_host", format!("{h:?} is not a host name or IP address")));
+            }
+            other => other,
+        };
+        let ports_text = self.ports.as_deref().unwrap_or("7100-7163");
+        let ports = ports_text
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)))
+            .filter(|(a, b)| *a > 0 && a <= b)
+            .ok_or(("work.ports", format!("{ports_text:?} is not a port range such as \"7100-7163\"")))?;
+        let ip = self.publish_ip.as_deref().unwrap_or("0.0.0.0");
+        let publish_ip =
+            ip.parse().map_err(|_| ("work.publish_ip", format!("{ip:?} is not an IP address")))?;
+        let docker_socket = absolute("work.docker_socket", self.docker_socket, "/var/run/docker.sock")?;
+        let pids_limit = in_range("work.pids_limit", self.pids_limit.unwrap_or(256), 16, 1_000_000)? as u32;
+        let tmp_mib = match self.tmp_size {
+            Some(size) => size.mib("work.tmp_size")?.get(),
+            None => 64,
+        };
+        Ok(WorkConfig {
+            transfer_listen,
+            announce_host,
+            ports,
+            publish_ip,
+            docker_socket,
+            pids_limit,
+            tmp_mib,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -339,6 +419,7 @@ impl RawConfig {
             worker: self.worker.validate()?,
             state: StateConfig { dir: absolute("state.dir", self.state.dir, DEFAULT_STATE_DIR)? },
             api: self.api.validate()?,
+            work: self.work.validate()?,
         })
     }
 }

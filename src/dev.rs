@@ -170,6 +170,15 @@ impl WorkerSpec {
     pub fn socket(&self) -> PathBuf {
         self.dir.join("control.sock")
     }
+    /// Eight host ports for the worker's containers, picked from its directory so that local
+    /// workers do not share them.
+    pub fn work_ports(&self) -> (u16, u16) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.dir.hash(&mut h);
+        let first = 20_000 + (h.finish() % 1_000) as u16 * 8;
+        (first, first + 7)
+    }
 
     /// Writes the worker's config file: no confirmations on a local chain (it does not reorg by
     /// itself), and the spec's poll interval and WebSocket.
@@ -178,7 +187,9 @@ impl WorkerSpec {
         let text = format!(
             "[chain]\nrpc_url = \"{rpc}\"\n{ws}deployment_file = \"{deployment}\"\nconfirmations = 0\n\
              poll_interval = \"{poll}\"\n\n[worker]\nprice_per_second = \"{price}\"\nstake = \"1 ether\"\n{extra}\n\
-             [state]\ndir = \"{state}\"\n\n[api]\ncontrol_socket = \"{socket}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n",
+             [state]\ndir = \"{state}\"\n\n[api]\ncontrol_socket = \"{socket}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\n\
+             [work]\ntransfer_listen = \"127.0.0.1:0\"\nannounce_host = \"127.0.0.1\"\npublish_ip = \"127.0.0.1\"\n\
+             ports = \"{first}-{last}\"\n",
             rpc = self.rpc_url,
             ws = self.ws_url.as_ref().map(|u| format!("ws_url = \"{u}\"\n")).unwrap_or_default(),
             poll = self.poll_interval,
@@ -187,6 +198,8 @@ impl WorkerSpec {
             extra = self.extra,
             state = self.state_dir().display(),
             socket = self.socket().display(),
+            first = self.work_ports().0,
+            last = self.work_ports().1,
         );
         let path = self.config_path();
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))

@@ -46,6 +46,7 @@ fn sample() -> StatusReport {
                 stage: AgreementStage::Running,
                 client: CLIENT.into(),
                 worker: ME.into(),
+                work: None,
             },
             AgreementStatus {
                 id: 17,
@@ -53,6 +54,7 @@ fn sample() -> StatusReport {
                 stage: AgreementStage::Accepted,
                 client: CLIENT.into(),
                 worker: OTHER.into(),
+                work: None,
             },
         ],
         chain: ChainStatus {

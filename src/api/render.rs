@@ -80,8 +80,8 @@ pub fn render_human(r: &StatusReport) -> String {
 }
 
 fn agreements_table(r: &StatusReport) -> String {
-    let header = ["ID", "ROLE", "STAGE", "CLIENT", "WORKER"];
-    let rows: Vec<[String; 5]> = r
+    let header = ["ID", "ROLE", "STAGE", "CLIENT", "WORKER", "WORK"];
+    let rows: Vec<[String; 6]> = r
         .agreements
         .iter()
         .map(|a| {
@@ -91,6 +91,7 @@ fn agreements_table(r: &StatusReport) -> String {
                 a.stage.name().into(),
                 a.client.clone(),
                 a.worker.clone(),
+                a.work.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();

@@ -103,6 +103,9 @@ pub struct AgreementStatus {
     pub stage: AgreementStage,
     pub client: String,
     pub worker: String,
+    /// Where the work stands on this worker ("awaiting image", "running on port 7100"...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -12,6 +12,7 @@
 //! before broadcasting is what makes a transaction survive `kill -9` exactly once (see
 //! [`outbox`]).
 pub mod outbox;
+pub mod work;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,7 @@ use crate::chain::deployment::Deployment;
 use crate::config::{Config, Contracts};
 use crate::core::node::{Action, ChainEvent, Event, Goal, Node, RETRY_AFTER_SECS, Registration, Role, Stage};
 use crate::core::types::{Address, Terms, Wei};
+use crate::core::work::{Phase, WorkEvent};
 use crate::identity::{Identity, KeyOrigin, Password};
 use crate::store::{DbStore, Store};
 use crate::systemd::Notifier;
@@ -89,6 +91,8 @@ enum Trigger {
     Command(ControlCommand),
     Reload,
     Watchdog,
+    /// Something happened to an agreement's work (a push loaded, a container up or failed).
+    Work(WorkEvent),
     Shutdown,
 }
 
@@ -116,6 +120,12 @@ struct Daemon<C, S> {
     healthy: bool,
     /// The last snapshot written, to skip writes that would change nothing.
     saved: Option<Vec<u8>>,
+    /// Receiving images and running containers (none when the Docker engine is not set up).
+    work: Option<work::Work>,
+    /// Containers to start or stop, decided by the core and not carried out yet.
+    work_actions: Vec<Action>,
+    /// Whether the containers found at start-up were reconciled with the state.
+    reconciled: bool,
 }
 
 /// Unix seconds now.
@@ -247,6 +257,13 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     tracker.spawn(control.serve(status_rx.clone(), command_tx, cancel.clone().cancelled_owned()));
     tracker.spawn(http.serve(status_rx, metrics.clone(), cancel.clone().cancelled_owned()));
 
+    // The work: the Docker engine, the transfer server, and what connects them to the loop.
+    let (work_tx, mut work_rx) = mpsc::channel::<WorkEvent>(64);
+    let (delivered_tx, mut delivered_rx) = mpsc::channel(16);
+    let work = start_work(&config, &identity, &deployment, me, work_tx, delivered_tx, &tracker, &cancel)
+        .await
+        .context("setting up the work (transfer server, Docker engine)")?;
+
     let mut daemon = Daemon {
         chain,
         store,
@@ -266,6 +283,9 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         next_attempt: tokio::time::Instant::now(),
         healthy: true,
         saved: None,
+        work: Some(work),
+        work_actions: Vec::new(),
+        reconciled: false,
     };
     // The config may have changed while the daemon was stopped.
     daemon.apply_config_goal();
@@ -287,6 +307,11 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
             Some(command) = command_rx.recv() => Trigger::Command(command),
             _ = sighup.recv() => Trigger::Reload,
             _ = watchdog.tick() => Trigger::Watchdog,
+            Some(event) = work_rx.recv() => Trigger::Work(event),
+            Some(delivery) = delivered_rx.recv() => {
+                let delivery: crate::transfer::server::Delivery = delivery;
+                Trigger::Work(WorkEvent::ImageLoaded { id: delivery.agreement })
+            }
             _ = sigterm.recv() => Trigger::Shutdown,
             _ = tokio::signal::ctrl_c() => Trigger::Shutdown,
         };
@@ -323,6 +348,13 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
                 if daemon.healthy {
                     notifier.watchdog().ok();
                 }
+            }
+            Trigger::Work(event) => {
+                daemon.on_work(event);
+                status_tx.send_replace(daemon.status.clone());
+                // Decisions (an offer, declareReady) are signed by the next poll: now.
+                daemon.next_attempt = tokio::time::Instant::now();
+                poll.reset_immediately();
             }
             Trigger::Shutdown => break,
         }
@@ -448,6 +480,13 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             for event in &chain_events {
                 debug!(?event, "chain event");
                 self.snapshot.queued.extend(node.on_event(Event::Chain(event.clone())));
+                if let ChainEvent::MessageSent { id, from, to, ciphertext } = event
+                    && *to == self.me
+                    && let Some(work) = &self.work
+                    && let Some(hello) = work.letter(node, *id, *from, ciphertext)
+                {
+                    self.snapshot.queued.extend(node.on_event(Event::Work(hello)));
+                }
             }
             if let Some((stake, credits)) = balances {
                 touched = true;
@@ -530,6 +569,7 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
         // Sign what the core decided, in order, with consecutive nonces. What the node refuses
         // waits for the next poll without holding up the rest; an unreachable node stops the
         // signing until the next poll.
+        self.take_work_actions();
         let mut deferred = Vec::new();
         while let Some(Action::Send(intent)) = self.snapshot.queued.first().cloned() {
             let key = intent.key();
@@ -589,10 +629,68 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             }
         }
 
+        self.carry_out_work().await;
+
         if touched || self.balance.is_none() || self.polls.is_multiple_of(30) {
             self.balance = Some(self.chain.balance(self.me).await?);
         }
         Ok(())
+    }
+
+    /// Moves the container actions out of the queue of transactions.
+    fn take_work_actions(&mut self) {
+        let (work, sends): (Vec<Action>, Vec<Action>) = std::mem::take(&mut self.snapshot.queued)
+            .into_iter()
+            .partition(|a| !matches!(a, Action::Send(_)));
+        self.snapshot.queued = sends;
+        self.work_actions.extend(work);
+    }
+
+    /// Starts and stops containers as decided (after the decision was saved), and tells the
+    /// transfer server who may push now. The first time the core has caught up after a start,
+    /// the containers found in the engine are reconciled with the state.
+    async fn carry_out_work(&mut self) {
+        let (Some(work), Some(node)) = (&self.work, &self.snapshot.node) else { return };
+        if !self.reconciled && node.is_at_head() {
+            self.reconciled = true;
+            work.reconcile(node).await;
+        }
+        for action in std::mem::take(&mut self.work_actions) {
+            match action {
+                Action::Start(id) => work.start(node, id),
+                Action::Stop(id) => work.stop(id),
+                Action::Send(_) => {}
+            }
+        }
+        work.publish_gate(node);
+    }
+
+    /// A report from the work: to the core, saved, carried out.
+    fn on_work(&mut self, event: WorkEvent) {
+        let Some(node) = self.snapshot.node.as_mut() else { return };
+        match &event {
+            WorkEvent::Failed { id, reason } => warn!(agreement = id, "work failed: {reason}"),
+            WorkEvent::ImageLoaded { id } => info!(agreement = id, "image received and loaded"),
+            WorkEvent::Started { id } => info!(agreement = id, "work started and answering its probe"),
+            WorkEvent::Hello { .. } => {}
+        }
+        self.snapshot.queued.extend(node.on_event(Event::Work(event)));
+        self.take_work_actions();
+        if let Err(error) = self.save() {
+            warn!(%error, "saving the state after a work event failed; retrying at the next poll");
+            return;
+        }
+        if let (Some(work), Some(node)) = (&self.work, &self.snapshot.node) {
+            for action in std::mem::take(&mut self.work_actions) {
+                match action {
+                    Action::Start(id) => work.start(node, id),
+                    Action::Stop(id) => work.stop(id),
+                    Action::Send(_) => {}
+                }
+            }
+            work.publish_gate(node);
+        }
+        self.refresh_status();
     }
 
     /// Goes back to the newest checkpoint still on the canonical chain.
@@ -785,6 +883,13 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
                 },
                 client: a.client.to_string(),
                 worker: a.worker.to_string(),
+                work: a.deployment.as_ref().map(|d| match &d.phase {
+                    Phase::AwaitingImage => "awaiting the image".to_owned(),
+                    Phase::Loaded => format!("image loaded, starting on port {}", d.host_port),
+                    Phase::Started => format!("running on port {}", d.host_port),
+                    Phase::Failed { reason } => format!("failed: {reason}"),
+                    Phase::Stopped => "stopped".to_owned(),
+                }),
             })
             .collect();
         // A worker that cannot pay its stake says so plainly, rather than failing estimates.
@@ -811,4 +916,73 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             }
         }
     }
+}
+
+/// Connects the Docker engine, loads or creates the transfer certificate, binds the transfer
+/// server and starts it.
+#[allow(clippy::too_many_arguments)]
+async fn start_work(
+    config: &Config,
+    identity: &Identity,
+    deployment: &Deployment,
+    me: Address,
+    events: mpsc::Sender<WorkEvent>,
+    delivered: mpsc::Sender<crate::transfer::server::Delivery>,
+    tracker: &tokio_util::task::TaskTracker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<work::Work> {
+    use std::sync::Arc;
+
+    use crate::runtime::{DockerRuntime, Runtime};
+    let runtime = Arc::new(DockerRuntime::connect(Some(&config.work.docker_socket))?);
+    match runtime.ping().await {
+        Ok(engine) => {
+            info!(version = %engine.version, cgroup = %engine.cgroup_version, "Docker engine reachable")
+        }
+        // Not fatal: the engine may come up after us. Pushes and starts fail until it does.
+        Err(error) => warn!(%error, "Docker engine not reachable yet; work cannot run until it is"),
+    }
+    let cert = crate::tls::TransferCert::load_or_create(&config.state.dir)?;
+    let listener = tokio::net::TcpListener::bind(config.work.transfer_listen)
+        .await
+        .with_context(|| format!("work.transfer_listen: binding {}", config.work.transfer_listen))?;
+    let port = listener.local_addr()?.port();
+    let announce_host = match &config.work.announce_host {
+        Some(host) => host.clone(),
+        None => work::default_route_ip().map_or_else(|| "127.0.0.1".to_owned(), |ip| ip.to_string()),
+    };
+    let fingerprint = cert.fingerprint();
+    info!(listen = %listener.local_addr()?, announce = %announce_host, %fingerprint, "transfer server listening");
+    let (gate_tx, gate_rx) = watch::channel(crate::transfer::server::Gate::default());
+    tracker.spawn(crate::transfer::server::serve(
+        listener,
+        cert.server_config()?,
+        gate_rx,
+        runtime.clone(),
+        delivered,
+        Default::default(),
+        cancel.clone(),
+    ));
+    // Containers are this worker's on this deployment: another daemon (or devnet) on the same
+    // engine never adopts or removes them.
+    let scope = format!(
+        "{}-{}-{}",
+        deployment.chain_id,
+        &alloy::hex::encode(deployment.dispatcher.0.0)[..12],
+        &alloy::hex::encode(me.0)[..12]
+    );
+    Ok(work::Work {
+        runtime,
+        identity: identity.clone(),
+        scope,
+        chain_id: deployment.chain_id,
+        dispatcher: decode::address(deployment.dispatcher),
+        me,
+        config: config.work.clone(),
+        transfer_endpoint: format!("{announce_host}:{port}"),
+        announce_host,
+        fingerprint,
+        events,
+        gate: gate_tx,
+    })
 }

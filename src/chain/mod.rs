@@ -10,7 +10,10 @@
 //! - [`deployment`]: the deployment file that says where the protocol lives on a chain, written
 //!   by the deploy script (`contracts/script/Deploy.s.sol`) or by `zeppelin dev`, read by the
 //!   daemon and the client.
+//! - [`market`]: the client's side: choose a worker class that fits, buy, send and read
+//!   private-channel letters, follow and cancel agreements.
 pub mod bindings;
 pub mod client;
 pub mod decode;
 pub mod deployment;
+pub mod market;
