@@ -120,6 +120,40 @@ async fn wait_exited(rt: &DockerRuntime, scope: &str, agreement: u64, within: Du
     }
 }
 
+/// The limits the kernel enforces on a container, read from its cgroup on the host (v1 or v2,
+/// cgroupfs or systemd driver): (memory, memory + swap, pids, CPU quota per period).
+fn kernel_limits(id: &str) -> (u64, u64, u64, f64) {
+    let read = |path: String| std::fs::read_to_string(&path).ok().map(|s| s.trim().to_string());
+    let num = |v: Option<String>| v.and_then(|v| v.parse::<u64>().ok());
+    for dir in [format!("docker/{id}"), format!("system.slice/docker-{id}.scope")] {
+        // cgroup v1: one hierarchy per controller.
+        let v1 = |controller: &str, file: &str| read(format!("/sys/fs/cgroup/{controller}/{dir}/{file}"));
+        if let Some(memory) = num(v1("memory", "memory.limit_in_bytes")) {
+            let memsw = num(v1("memory", "memory.memsw.limit_in_bytes")).expect("swap accounting");
+            let pids = num(v1("pids", "pids.max")).unwrap();
+            let quota = num(v1("cpu,cpuacct", "cpu.cfs_quota_us").or(v1("cpu", "cpu.cfs_quota_us"))).unwrap();
+            let period =
+                num(v1("cpu,cpuacct", "cpu.cfs_period_us").or(v1("cpu", "cpu.cfs_period_us"))).unwrap();
+            return (memory, memsw, pids, quota as f64 / period as f64);
+        }
+        // cgroup v2: one tree; swap is limited separately.
+        let v2 = |file: &str| read(format!("/sys/fs/cgroup/{dir}/{file}"));
+        if let Some(memory) = num(v2("memory.max")) {
+            let swap = num(v2("memory.swap.max")).unwrap();
+            let pids = num(v2("pids.max")).unwrap();
+            let cpu = v2("cpu.max").unwrap();
+            let (quota, period) = cpu.split_once(' ').unwrap();
+            return (
+                memory,
+                memory + swap,
+                pids,
+                quota.parse::<f64>().unwrap() / period.parse::<f64>().unwrap(),
+            );
+        }
+    }
+    panic!("no cgroup of container {id} under /sys/fs/cgroup (cgroupfs or systemd driver, v1 or v2)");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_engine_is_told_apart() {
     let rt = DockerRuntime::connect(Some(std::path::Path::new("/nonexistent/docker.sock"))).unwrap();
@@ -180,6 +214,13 @@ async fn httpd_is_served_on_its_published_port_with_every_hardening_option() {
         assert_eq!(c["Config"]["Labels"][LABEL_AGREEMENT], "1");
         let networks = c["NetworkSettings"]["Networks"].as_object().unwrap();
         assert_eq!(networks.keys().collect::<Vec<_>>(), [&name], "only its own network");
+
+        // What the kernel enforces, not only what the engine recorded.
+        let (memory, memory_and_swap, pids, cpus) = kernel_limits(&running.container_id);
+        assert_eq!(memory, 64 << 20);
+        assert_eq!(memory_and_swap, 64 << 20, "no swap");
+        assert_eq!(pids, 64);
+        assert!((cpus - 0.5).abs() < 1e-9, "CPU quota {cpus}");
 
         let (status, n) = engine_api("GET", &format!("/v1.41/networks/{name}")).await;
         assert_eq!(status, 200);
