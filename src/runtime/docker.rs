@@ -119,8 +119,9 @@ impl DockerRuntime {
         Ok(out)
     }
 
-    /// `docker save` of one image: a tar in the format every engine's [`Runtime::load_image`]
-    /// takes, streamed as the engine writes it (the client side of a transfer).
+    /// `docker save` of one image (by ID or tag), streamed as the engine writes it: the engine's
+    /// own archive format (Docker 20.10: the legacy `<id>/layer.tar` layout; 25 and later add the
+    /// OCI layout), which [`Runtime::load_image`] takes back.
     pub async fn save_image(
         &self,
         image: &str,
@@ -561,7 +562,7 @@ impl Runtime for DockerRuntime {
             restart_count: c.restart_count.unwrap_or(0),
             started_at: s.started_at.filter(|t| !t.starts_with("0001-")),
             finished_at: s.finished_at.filter(|t| !t.starts_with("0001-")),
-            host_port: c.network_settings.as_ref().map_or(0, |_| published_port(&c, 0)),
+            host_port: published_port(&c, 0),
             cpu_usage_ns: None,
             memory_bytes: None,
             memory_limit: None,

@@ -216,6 +216,9 @@ pub enum RuntimeError {
     /// The spec was refused before the engine was asked.
     #[error("container spec: {field}: {reason}")]
     InvalidSpec { field: &'static str, reason: String },
+    /// A test-image recipe ([`images::ImageRecipe`]) was refused before the engine was asked.
+    #[error("image recipe: {field}: {reason}")]
+    InvalidRecipe { field: &'static str, reason: String },
 }
 
 impl RuntimeError {
