@@ -305,19 +305,30 @@ impl DockerRuntime {
         let docker = self.client().await?;
         let id = c.id.unwrap_or_else(|| object_name(scope, agreement));
         let stop = StopContainerOptionsBuilder::new().t(STOP_GRACE.as_secs() as i32).build();
-        match docker.stop_container(&id, Some(stop)).await {
-            // 304: already stopped.
-            Ok(()) => {}
-            Err(e) if is_status(&e, 304) || is_status(&e, 404) => {}
-            Err(e) => return Err(self.err(format!("stopping container of agreement {agreement}"), e)),
-        }
+        // A failed stop is not the end: the forced removal below kills what is left. 304:
+        // already stopped.
+        let stopped = match docker.stop_container(&id, Some(stop)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
+            Err(e) => Err(self.err(format!("stopping container of agreement {agreement}"), e)),
+        };
         let remove = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
         match docker.remove_container(&id, Some(remove)).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),
             // 409 "removal already in progress": done by someone else.
             Err(e) if is_status(&e, 409) => Ok(()),
-            Err(e) => Err(self.err(format!("removing container of agreement {agreement}"), e)),
+            Err(e) => {
+                let removing = self.err(format!("removing container of agreement {agreement}"), e);
+                Err(match stopped {
+                    Err(stopping) => RuntimeError::Engine {
+                        context: format!("removing container of agreement {agreement}"),
+                        message: format!("{removing}; before that, {stopping}"),
+                        status: None,
+                    },
+                    Ok(()) => removing,
+                })
+            }
         }
     }
 
