@@ -120,6 +120,40 @@ async fn wait_exited(rt: &DockerRuntime, scope: &str, agreement: u64, within: Du
     }
 }
 
+/// The limits the kernel enforces on a container, read from its cgroup on the host (v1 or v2,
+/// cgroupfs or systemd driver): (memory, memory + swap, pids, CPU quota per period).
+fn kernel_limits(id: &str) -> (u64, u64, u64, f64) {
+    let read = |path: String| std::fs::read_to_string(&path).ok().map(|s| s.trim().to_string());
+    let num = |v: Option<String>| v.and_then(|v| v.parse::<u64>().ok());
+    for dir in [format!("docker/{id}"), format!("system.slice/docker-{id}.scope")] {
+        // cgroup v1: one hierarchy per controller.
+        let v1 = |controller: &str, file: &str| read(format!("/sys/fs/cgroup/{controller}/{dir}/{file}"));
+        if let Some(memory) = num(v1("memory", "memory.limit_in_bytes")) {
+            let memsw = num(v1("memory", "memory.memsw.limit_in_bytes")).expect("swap accounting");
+            let pids = num(v1("pids", "pids.max")).unwrap();
+            let quota = num(v1("cpu,cpuacct", "cpu.cfs_quota_us").or(v1("cpu", "cpu.cfs_quota_us"))).unwrap();
+            let period =
+                num(v1("cpu,cpuacct", "cpu.cfs_period_us").or(v1("cpu", "cpu.cfs_period_us"))).unwrap();
+            return (memory, memsw, pids, quota as f64 / period as f64);
+        }
+        // cgroup v2: one tree; swap is limited separately.
+        let v2 = |file: &str| read(format!("/sys/fs/cgroup/{dir}/{file}"));
+        if let Some(memory) = num(v2("memory.max")) {
+            let swap = num(v2("memory.swap.max")).unwrap();
+            let pids = num(v2("pids.max")).unwrap();
+            let cpu = v2("cpu.max").unwrap();
+            let (quota, period) = cpu.split_once(' ').unwrap();
+            return (
+                memory,
+                memory + swap,
+                pids,
+                quota.parse::<f64>().unwrap() / period.parse::<f64>().unwrap(),
+            );
+        }
+    }
+    panic!("no cgroup of container {id} under /sys/fs/cgroup (cgroupfs or systemd driver, v1 or v2)");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_engine_is_told_apart() {
     let rt = DockerRuntime::connect(Some(std::path::Path::new("/nonexistent/docker.sock"))).unwrap();
@@ -180,6 +214,13 @@ async fn httpd_is_served_on_its_published_port_with_every_hardening_option() {
         assert_eq!(c["Config"]["Labels"][LABEL_AGREEMENT], "1");
         let networks = c["NetworkSettings"]["Networks"].as_object().unwrap();
         assert_eq!(networks.keys().collect::<Vec<_>>(), [&name], "only its own network");
+
+        // What the kernel enforces, not only what the engine recorded.
+        let (memory, memory_and_swap, pids, cpus) = kernel_limits(&running.container_id);
+        assert_eq!(memory, 64 << 20);
+        assert_eq!(memory_and_swap, 64 << 20, "no swap");
+        assert_eq!(pids, 64);
+        assert!((cpus - 0.5).abs() < 1e-9, "CPU quota {cpus}");
 
         let (status, n) = engine_api("GET", &format!("/v1.41/networks/{name}")).await;
         assert_eq!(status, 200);
@@ -404,20 +445,12 @@ fn chunks(
 
 /// Flips bytes in the middle of the largest `*/layer.tar` of a `docker save` archive.
 fn corrupt_largest_layer(archive: &mut [u8]) {
-    let mut at = 0;
-    let mut largest = (0, 0);
-    while at + 512 <= archive.len() && archive[at] != 0 {
-        let name = String::from_utf8_lossy(&archive[at..at + 100]).trim_end_matches('\0').to_string();
-        let size_field =
-            String::from_utf8_lossy(&archive[at + 124..at + 136]).trim_matches(['\0', ' ']).to_string();
-        let size = usize::from_str_radix(&size_field, 8).unwrap_or(0);
-        if name.ends_with("layer.tar") && size > largest.1 {
-            largest = (at + 512, size);
-        }
-        at += 512 + size.div_ceil(512) * 512;
-    }
-    assert!(largest.1 > 0, "no layer.tar in the archive");
-    let middle = largest.0 + largest.1 / 2;
+    let (_, _, start, size) = tar_entries(archive)
+        .into_iter()
+        .filter(|e| e.0.ends_with("layer.tar"))
+        .max_by_key(|e| e.3)
+        .expect("a layer.tar in the archive");
+    let middle = start + size / 2;
     for b in &mut archive[middle..middle + 16] {
         *b ^= 0xff;
     }
@@ -482,6 +515,109 @@ async fn load_image_takes_a_saved_image_and_refuses_a_broken_one_leaving_nothing
         rt.load_image(chunks(archive)).await.unwrap();
         assert!(rt.has_image(&image).await.unwrap());
         assert_eq!(diff_ids(&image).await, layers);
+    })
+    .await;
+}
+
+/// The entries of a tar archive: (name, header offset, content offset, content size).
+fn tar_entries(archive: &[u8]) -> Vec<(String, usize, usize, usize)> {
+    let mut entries = Vec::new();
+    let mut at = 0;
+    while at + 512 <= archive.len() && archive[at] != 0 {
+        let name = String::from_utf8_lossy(&archive[at..at + 100]).trim_end_matches('\0').to_string();
+        let size_field =
+            String::from_utf8_lossy(&archive[at + 124..at + 136]).trim_matches(['\0', ' ']).to_string();
+        let size = usize::from_str_radix(&size_field, 8).unwrap();
+        entries.push((name, at, at + 512, size));
+        at += 512 + size.div_ceil(512) * 512;
+    }
+    entries
+}
+
+/// A `docker save` archive without the `layer.tar` of its first `k` layers (as a sender does
+/// for layers the receiving engine has).
+fn without_first_layers(archive: &[u8], k: usize) -> Vec<u8> {
+    let entries = tar_entries(archive);
+    let (_, _, start, size) = entries.iter().find(|e| e.0 == "manifest.json").expect("a manifest.json");
+    let manifest: Value = serde_json::from_slice(&archive[*start..start + size]).unwrap();
+    let layers: Vec<&str> =
+        manifest[0]["Layers"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    let mut out = Vec::new();
+    for (name, header, _, size) in &entries {
+        if layers[..k].contains(&name.as_str()) {
+            continue;
+        }
+        out.extend_from_slice(&archive[*header..header + 512 + size.div_ceil(512) * 512]);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_may_leave_out_the_layers_the_engine_has() {
+    let Some(rt) = engine().await else { return };
+    let (tag_a, tag_b) = (tag("partial-a"), tag("partial-b"));
+    with_cleanup(&rt, &[], &[&tag_a, &tag_b], async {
+        let seed = std::process::id() as u64 + 2000;
+        let a = build_image(
+            &rt,
+            &tag_a,
+            &ImageRecipe::busybox(&["true"]).with_filler(1 << 20, Content::Random, seed),
+        )
+        .await
+        .unwrap();
+        let recipe_b = ImageRecipe::busybox(&["true"]).with_filler(1 << 20, Content::Random, seed + 1);
+        let b = build_image(&rt, &tag_b, &recipe_b).await.unwrap();
+        let layers = diff_ids(&b).await;
+        assert_eq!(diff_ids(&a).await[..2], layers[..2], "the same busybox base");
+        let mut archive = Vec::new();
+        let mut saved = rt.save_image(&tag_b).await.unwrap();
+        while let Some(chunk) = saved.next().await {
+            archive.extend_from_slice(&chunk.unwrap());
+        }
+        rt.remove_image(&tag_b).await.unwrap();
+        assert_eq!(rt.present_prefix(&layers).await.unwrap(), 2, "the base is there (image A)");
+
+        // Leaving out a layer the engine does not have: refused, nothing left.
+        let e = rt.load_image(chunks(without_first_layers(&archive, 3))).await.unwrap_err();
+        eprintln!("a missing layer: {e}");
+        assert!(!rt.has_image(&b).await.unwrap());
+        assert!(images_with_layer(&layers[2]).await.is_empty());
+
+        // Leaving out the present base: loads, same image.
+        let smaller = without_first_layers(&archive, 2);
+        eprintln!("archive {} bytes, without the present base {} bytes", archive.len(), smaller.len());
+        assert!(smaller.len() < archive.len() - (1 << 20));
+        rt.load_image(chunks(smaller)).await.unwrap();
+        assert!(rt.has_image(&b).await.unwrap());
+        assert_eq!(diff_ids(&b).await, layers);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_cannot_start_leaves_nothing_behind() {
+    let Some(rt) = engine().await else { return };
+    let (scope, tag) = (scope("nostart"), tag("nostart"));
+    // A port on the host that is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    with_cleanup(&rt, &[&scope], &[&tag], async {
+        let image = build_image(&rt, &tag, &ImageRecipe::httpd(8080, "x\n")).await.unwrap();
+        let e = rt.run(&ContainerSpec { host_port: port, ..spec(&scope, 1, &image) }).await.unwrap_err();
+        eprintln!("{e}");
+        assert!(e.to_string().starts_with("starting container for agreement 1: "), "{e}");
+        assert_eq!(rt.state(&scope, 1).await.unwrap(), None);
+        assert!(rt.list(&scope).await.unwrap().is_empty());
+        let (status, _) = engine_api("GET", &format!("/v1.41/networks/{}", object_name(&scope, 1))).await;
+        assert_eq!(status, 404, "the network went too");
+        // An image the engine does not have.
+        let missing = format!("sha256:{}", "1".repeat(64));
+        let e = rt.run(&spec(&scope, 2, &missing)).await.unwrap_err();
+        eprintln!("{e}");
+        assert!(e.to_string().starts_with("creating container for agreement 2: "), "{e}");
+        let (status, _) = engine_api("GET", &format!("/v1.41/networks/{}", object_name(&scope, 2))).await;
+        assert_eq!(status, 404, "the network went too");
     })
     .await;
 }

@@ -119,8 +119,9 @@ impl DockerRuntime {
         Ok(out)
     }
 
-    /// `docker save` of one image: a tar in the format every engine's [`Runtime::load_image`]
-    /// takes, streamed as the engine writes it (the client side of a transfer).
+    /// `docker save` of one image (by ID or tag), streamed as the engine writes it: the engine's
+    /// own archive format (Docker 20.10: the legacy `<id>/layer.tar` layout; 25 and later add the
+    /// OCI layout), which [`Runtime::load_image`] takes back.
     pub async fn save_image(
         &self,
         image: &str,
@@ -304,19 +305,30 @@ impl DockerRuntime {
         let docker = self.client().await?;
         let id = c.id.unwrap_or_else(|| object_name(scope, agreement));
         let stop = StopContainerOptionsBuilder::new().t(STOP_GRACE.as_secs() as i32).build();
-        match docker.stop_container(&id, Some(stop)).await {
-            // 304: already stopped.
-            Ok(()) => {}
-            Err(e) if is_status(&e, 304) || is_status(&e, 404) => {}
-            Err(e) => return Err(self.err(format!("stopping container of agreement {agreement}"), e)),
-        }
+        // A failed stop is not the end: the forced removal below kills what is left. 304:
+        // already stopped.
+        let stopped = match docker.stop_container(&id, Some(stop)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
+            Err(e) => Err(self.err(format!("stopping container of agreement {agreement}"), e)),
+        };
         let remove = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
         match docker.remove_container(&id, Some(remove)).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),
             // 409 "removal already in progress": done by someone else.
             Err(e) if is_status(&e, 409) => Ok(()),
-            Err(e) => Err(self.err(format!("removing container of agreement {agreement}"), e)),
+            Err(e) => {
+                let removing = self.err(format!("removing container of agreement {agreement}"), e);
+                Err(match stopped {
+                    Err(stopping) => RuntimeError::Engine {
+                        context: format!("removing container of agreement {agreement}"),
+                        message: format!("{removing}; before that, {stopping}"),
+                        status: None,
+                    },
+                    Ok(()) => removing,
+                })
+            }
         }
     }
 
@@ -561,7 +573,7 @@ impl Runtime for DockerRuntime {
             restart_count: c.restart_count.unwrap_or(0),
             started_at: s.started_at.filter(|t| !t.starts_with("0001-")),
             finished_at: s.finished_at.filter(|t| !t.starts_with("0001-")),
-            host_port: c.network_settings.as_ref().map_or(0, |_| published_port(&c, 0)),
+            host_port: published_port(&c, 0),
             cpu_usage_ns: None,
             memory_bytes: None,
             memory_limit: None,

@@ -101,18 +101,32 @@ impl ImageRecipe {
     }
 
     fn check(&self) -> Result<(), RuntimeError> {
-        let bad = |field: &'static str, reason: String| Err(RuntimeError::InvalidSpec { field, reason });
+        let bad = |field: &'static str, reason: String| Err(RuntimeError::InvalidRecipe { field, reason });
         if self.cmd.is_empty() {
             return bad("cmd", "must not be empty".into());
         }
+        // Paths go into the Dockerfile and the context's tar headers as they are.
+        let plain = |p: &str| {
+            p.starts_with('/')
+                && !p.ends_with('/')
+                && !p.contains("..")
+                && p.len() <= 90
+                && p.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
+        };
         for f in &self.fillers {
-            if !f.path.starts_with('/') || f.path.ends_with('/') || f.path.contains("..") {
-                return bad("fillers.path", format!("{:?} must be an absolute file path", f.path));
+            if !plain(&f.path) {
+                return bad(
+                    "fillers.path",
+                    format!("{:?} must be an absolute file path of at most 90 plain characters", f.path),
+                );
             }
         }
         for (path, _) in &self.files {
-            if !path.starts_with('/') || path.ends_with('/') || path.contains("..") || path.len() > 90 {
-                return bad("files", format!("{path:?} must be an absolute file path under 90 characters"));
+            if !plain(path) {
+                return bad(
+                    "files",
+                    format!("{path:?} must be an absolute file path of at most 90 plain characters"),
+                );
             }
         }
         Ok(())
@@ -127,7 +141,7 @@ pub async fn build_image(
 ) -> Result<String, RuntimeError> {
     recipe.check()?;
     let context = format!("building test image {tag}");
-    let busybox = std::fs::read(&recipe.busybox).map_err(|e| RuntimeError::InvalidSpec {
+    let busybox = std::fs::read(&recipe.busybox).map_err(|e| RuntimeError::InvalidRecipe {
         field: "busybox",
         reason: format!("{}: {e} (install Debian's busybox-static)", recipe.busybox.display()),
     })?;
@@ -415,5 +429,9 @@ mod tests {
              CMD [\"httpd\",\"-f\",\"-v\",\"-p\",\"8080\",\"-h\",\"/www\"]\n"
         );
         assert!(ImageRecipe::busybox(&[]).check().is_err());
+        let mut spaced = ImageRecipe::busybox(&["true"]);
+        spaced.files.push(("/a b".into(), vec![]));
+        assert!(spaced.check().unwrap_err().to_string().starts_with("image recipe: files: "));
+        assert!(r.check().is_ok());
     }
 }

@@ -8,6 +8,15 @@
 //! limits, no capabilities, no new privileges, a read-only root with a small `/tmp`, and no
 //! mounts at all: nothing of the host (the Docker socket, the daemon's control socket, its state)
 //! is visible inside. [`images`] builds the small test images the tests and benchmarks use.
+//!
+//! Limits worth knowing:
+//! - Each agreement's network takes one subnet from the engine's address pools; with Docker's
+//!   default pools that is about 30 networks in all (fewer if others exist). A worker selling
+//!   more slots needs smaller subnets in the engine's `default-address-pools` (daemon.json).
+//! - Calls for the same agreement must not overlap (the daemon's one loop ensures it): Docker
+//!   20.10 may create two networks of the same name when two creations race.
+//! - Containers run as the image's user (often root inside), without capabilities, under the
+//!   engine's default seccomp profile; there are no user namespaces.
 use std::future::Future;
 use std::net::IpAddr;
 
@@ -207,6 +216,9 @@ pub enum RuntimeError {
     /// The spec was refused before the engine was asked.
     #[error("container spec: {field}: {reason}")]
     InvalidSpec { field: &'static str, reason: String },
+    /// A test-image recipe ([`images::ImageRecipe`]) was refused before the engine was asked.
+    #[error("image recipe: {field}: {reason}")]
+    InvalidRecipe { field: &'static str, reason: String },
 }
 
 impl RuntimeError {
