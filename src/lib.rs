@@ -79,6 +79,7 @@ pub mod dev;
 pub mod host;
 pub mod identity;
 pub mod logging;
+pub mod nat;
 pub mod store;
 pub mod systemd;
 pub mod tls;
