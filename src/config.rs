@@ -1005,6 +1005,29 @@ mod tests {
     }
 
     #[test]
+    fn nat_modes() {
+        use crate::nat::Method;
+        let c = load(MIN).unwrap();
+        assert_eq!((c.nat.mode.clone(), c.nat.ports.clone()), (NatMode::Auto, vec![7070]));
+        assert_eq!(c.nat.mode.methods(), [Method::Upnp, Method::Pcp, Method::NatPmp]);
+        let c =
+            with("nat", "mode = \"pcp\"\nlease = \"30s\"\nrefresh = \"5s\"\nports = [7070, 9000]").unwrap();
+        assert_eq!(c.nat.mode, NatMode::Only(Method::Pcp));
+        assert_eq!(c.nat.mode.name(), "pcp");
+        assert_eq!((c.nat.lease, c.nat.refresh), (Duration::from_secs(30), Duration::from_secs(5)));
+        assert_eq!(c.nat.ports, [7070, 9000]);
+        let c = with("nat", "mode = \"manual\"\nexternal_address = \"81.2.69.160\"").unwrap();
+        assert_eq!(c.nat.mode, NatMode::Manual { external_address: "81.2.69.160".parse().unwrap() });
+        assert!(c.nat.mode.methods().is_empty());
+        assert_eq!(with("nat", "mode = \"off\"").unwrap().nat.mode, NatMode::Off);
+        assert_eq!(
+            err("nat", "mode = \"manual\"\nexternal_address = \"example.org\""),
+            "test.toml: nat.external_address: \"example.org\" is not an IPv4 address"
+        );
+        assert_eq!(err("nat", "refresh = \"2h\""), "test.toml: nat.refresh: must be between 1s and 1h");
+    }
+
+    #[test]
     fn price_is_required_and_named() {
         assert_eq!(
             load("").unwrap_err().to_string(),

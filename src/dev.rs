@@ -178,7 +178,8 @@ impl WorkerSpec {
         let text = format!(
             "[chain]\nrpc_url = \"{rpc}\"\n{ws}deployment_file = \"{deployment}\"\nconfirmations = 0\n\
              poll_interval = \"{poll}\"\n\n[worker]\nprice_per_second = \"{price}\"\nstake = \"1 ether\"\n{extra}\n\
-             [state]\ndir = \"{state}\"\n\n[api]\ncontrol_socket = \"{socket}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n",
+             [state]\ndir = \"{state}\"\n\n[api]\ncontrol_socket = \"{socket}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\n\
+             [nat]\nmode = \"off\"\n",
             rpc = self.rpc_url,
             ws = self.ws_url.as_ref().map(|u| format!("ws_url = \"{u}\"\n")).unwrap_or_default(),
             poll = self.poll_interval,

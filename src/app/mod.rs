@@ -11,6 +11,7 @@
 //! flight; sign what it decided into the outbox; **save the snapshot**; then broadcast. Saving
 //! before broadcasting is what makes a transaction survive `kill -9` exactly once (see
 //! [`outbox`]).
+pub mod nat;
 pub mod outbox;
 
 use std::collections::VecDeque;
@@ -89,6 +90,8 @@ enum Trigger {
     Command(ControlCommand),
     Reload,
     Watchdog,
+    /// The NAT task's state changed.
+    Nat,
     Shutdown,
 }
 
@@ -246,6 +249,8 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     }
     tracker.spawn(control.serve(status_rx.clone(), command_tx, cancel.clone().cancelled_owned()));
     tracker.spawn(http.serve(status_rx, metrics.clone(), cancel.clone().cancelled_owned()));
+    // Keeps the ports mapped on the home router; removes the mappings when `cancel` fires.
+    let (_nat, mut nat_rx) = nat::start(&config.nat, &tracker, cancel.clone());
 
     let mut daemon = Daemon {
         chain,
@@ -269,6 +274,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     };
     // The config may have changed while the daemon was stopped.
     daemon.apply_config_goal();
+    daemon.status.nat = Some(nat_rx.borrow_and_update().clone());
     // Signal handlers before READY: a stop or reload right after start must not kill us.
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -287,6 +293,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
             Some(command) = command_rx.recv() => Trigger::Command(command),
             _ = sighup.recv() => Trigger::Reload,
             _ = watchdog.tick() => Trigger::Watchdog,
+            Ok(()) = nat_rx.changed() => Trigger::Nat,
             _ = sigterm.recv() => Trigger::Shutdown,
             _ = tokio::signal::ctrl_c() => Trigger::Shutdown,
         };
@@ -324,6 +331,10 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
                     notifier.watchdog().ok();
                 }
             }
+            Trigger::Nat => {
+                daemon.status.nat = Some(nat_rx.borrow_and_update().clone());
+                status_tx.send_replace(daemon.status.clone());
+            }
             Trigger::Shutdown => break,
         }
     }
@@ -332,7 +343,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     cancel.cancel();
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
-        warn!("control and HTTP servers did not stop within 5 s");
+        warn!("control and HTTP servers and the NAT task did not stop within 5 s");
     }
     daemon.save().context("saving the state at shutdown")?;
     Ok(())
@@ -693,6 +704,9 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
         }
         if config.api != self.config.api {
             restart_needed.push("[api]");
+        }
+        if config.nat != self.config.nat {
+            restart_needed.push("[nat]");
         }
         self.desired_terms = terms;
         self.config.worker = config.worker;

@@ -28,7 +28,7 @@ use super::{
 };
 
 /// The longest the service spends removing mappings at shutdown.
-pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Requests without an answer in a row before the protocol is dropped and discovery restarts.
 const NO_ANSWER_LIMIT: u32 = 2;
 
