@@ -383,12 +383,24 @@ impl<M: PortMapper + 'static> NatService<M> {
         }
         let mut results: Vec<Option<Result<Option<Ipv4Addr>, MapError>>> =
             (0..self.mappers.len()).map(|_| None).collect();
+        // Take the most preferred protocol as soon as it answered and every one before it
+        // failed: a router that answers UPnP at once is not kept waiting for PCP's timeout.
+        let mut chosen = None;
         while let Some(r) = tasks.join_next().await {
             if let Ok((i, r)) = r {
                 results[i] = Some(r);
             }
+            match results.iter().position(|r| !matches!(r, Some(Err(_)))) {
+                Some(first) if matches!(results[first], Some(Ok(_))) => {
+                    chosen = Some(first);
+                    break;
+                }
+                Some(_) => {}
+                None => break,
+            }
         }
-        let chosen = results.iter().position(|r| matches!(r, Some(Ok(_))));
+        // Dropping the set stops the probes still running.
+        drop(tasks);
         match chosen {
             Some(i) => {
                 let ip = results[i].as_ref().and_then(|r| r.as_ref().ok().copied().flatten());
@@ -716,5 +728,206 @@ impl<M: PortMapper + 'static> NatService<M> {
                 true
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::SocketAddrV4;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// An in-memory router: what it holds, how it misbehaves.
+    #[derive(Default)]
+    struct Router {
+        answers: bool,
+        permanent_only: bool,
+        external: Option<Ipv4Addr>,
+        mappings: HashMap<(Transport, u16), (u16, Option<Duration>)>,
+        requests: u32,
+    }
+
+    struct Fake {
+        method: Method,
+        router: Arc<Mutex<Router>>,
+    }
+
+    impl PortMapper for Fake {
+        fn method(&self) -> Method {
+            self.method
+        }
+        async fn probe(&self) -> Result<Option<Ipv4Addr>, MapError> {
+            let r = self.router.lock().unwrap();
+            if r.answers { Ok(r.external) } else { Err(MapError::NoAnswer("silence".into())) }
+        }
+        async fn map(&self, t: Transport, i: u16, e: u16, l: Option<Duration>) -> Result<Granted, MapError> {
+            let mut r = self.router.lock().unwrap();
+            r.requests += 1;
+            if !r.answers {
+                return Err(MapError::NoAnswer("silence".into()));
+            }
+            if r.permanent_only && l.is_some() {
+                return Err(MapError::PermanentOnly);
+            }
+            let port = if e == 0 { 40000 } else { e };
+            r.mappings.insert((t, i), (port, l));
+            let ip = r.external.unwrap_or(Ipv4Addr::new(198, 20, 1, 1));
+            Ok(Granted { external: SocketAddrV4::new(ip, port), lifetime: l })
+        }
+        async fn unmap(&self, t: Transport, i: u16, _e: u16) -> Result<(), MapError> {
+            let mut r = self.router.lock().unwrap();
+            if !r.answers {
+                return Err(MapError::NoAnswer("silence".into()));
+            }
+            r.mappings.remove(&(t, i));
+            Ok(())
+        }
+    }
+
+    fn router(answers: bool, external: Option<[u8; 4]>) -> Arc<Mutex<Router>> {
+        Arc::new(Mutex::new(Router { answers, external: external.map(Ipv4Addr::from), ..Router::default() }))
+    }
+
+    fn start(
+        routers: Vec<(Method, Arc<Mutex<Router>>)>,
+    ) -> (NatHandle, CancellationToken, tokio::task::JoinHandle<()>, mpsc::UnboundedReceiver<NatEvent>) {
+        let config = ServiceConfig {
+            mode: "auto".into(),
+            methods: routers.iter().map(|(m, _)| *m).collect(),
+            lease: Duration::from_secs(30),
+            refresh: Duration::from_secs(60),
+            manual: None,
+        };
+        let locator: Locator<Fake> = Box::new(move || {
+            Ok((
+                Ipv4Addr::new(192, 168, 1, 1),
+                routers.iter().map(|(m, r)| Fake { method: *m, router: Arc::clone(r) }).collect(),
+            ))
+        });
+        let (service, handle, commands) = NatService::new(config, locator);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(service.with_events(tx).run(commands, cancel.clone()));
+        (handle, cancel, task, rx)
+    }
+
+    async fn settle(handle: &NatHandle, pred: impl Fn(&NatStatus) -> bool) -> NatStatus {
+        let mut rx = handle.subscribe();
+        tokio::time::timeout(Duration::from_secs(600), async {
+            loop {
+                let s = rx.borrow_and_update().clone();
+                if pred(&s) {
+                    return s;
+                }
+                rx.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("never settled: {:?}", handle.status()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn maps_renews_at_half_the_lease_and_removes_at_shutdown() {
+        let upnp = router(true, Some([198, 20, 1, 1]));
+        let (handle, cancel, task, _events) = start(vec![(Method::Upnp, upnp.clone())]);
+        handle.want(Transport::Tcp, 7070, "transfer");
+        let s = settle(&handle, |s| s.reachable).await;
+        assert_eq!(s.method.as_deref(), Some("UPnP IGD"));
+        assert_eq!(s.endpoint(Transport::Tcp, 7070).as_deref(), Some("198.20.1.1:7070"));
+        assert!(s.explanation.starts_with("reachable: ports mapped through UPnP IGD on 192.168.1.1"));
+        // 100 s of 30 s leases: renewed every 15 s, never late.
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let s = handle.status();
+        assert_eq!((s.renewals, s.mappings[0].late_renewals, s.failures), (6, 0, 0));
+        assert_eq!(upnp.lock().unwrap().requests, 7);
+        cancel.cancel();
+        task.await.unwrap();
+        assert!(upnp.lock().unwrap().mappings.is_empty(), "removed at shutdown");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_only_router_gets_lease_zero() {
+        let upnp = router(true, Some([198, 20, 1, 1]));
+        upnp.lock().unwrap().permanent_only = true;
+        let (handle, cancel, task, _events) = start(vec![(Method::Upnp, upnp.clone())]);
+        handle.want(Transport::Tcp, 7070, "transfer");
+        let s = settle(&handle, |s| s.reachable).await;
+        assert_eq!(s.mappings[0].lease_secs, None);
+        assert_eq!(upnp.lock().unwrap().mappings[&(Transport::Tcp, 7070)], (7070, None));
+        // Refreshed every `refresh` (60 s), asking for a permanent lease straight away.
+        tokio::time::sleep(Duration::from_secs(125)).await;
+        assert_eq!(upnp.lock().unwrap().requests, 2 + 2);
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_router_behind_carrier_grade_nat_is_not_reachable_and_says_why() {
+        let natpmp = router(true, Some([100, 64, 7, 9]));
+        let (handle, cancel, task, _events) = start(vec![(Method::NatPmp, natpmp)]);
+        handle.want(Transport::Tcp, 7070, "transfer");
+        let s = settle(&handle, |s| s.mappings.first().is_some_and(|m| m.state == "mapped")).await;
+        assert!(!s.reachable);
+        assert_eq!(s.endpoint(Transport::Tcp, 7070), None);
+        assert!(
+            s.explanation.starts_with(
+                "not reachable: the router's external address 100.64.7.9 is a carrier-grade NAT (100.64.0.0/10) address"
+            ),
+            "{}",
+            s.explanation
+        );
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_protocol_that_stops_answering_is_left_for_the_next() {
+        let upnp = router(true, Some([198, 20, 1, 1]));
+        let pcp = router(true, None);
+        let (handle, cancel, task, mut events) =
+            start(vec![(Method::Upnp, upnp.clone()), (Method::Pcp, pcp.clone())]);
+        handle.want(Transport::Tcp, 7070, "transfer");
+        settle(&handle, |s| s.method.as_deref() == Some("UPnP IGD") && s.reachable).await;
+        upnp.lock().unwrap().answers = false;
+        let s = settle(&handle, |s| s.method.as_deref() == Some("PCP") && s.reachable).await;
+        assert_eq!(s.endpoint(Transport::Tcp, 7070).as_deref(), Some("198.20.1.1:7070"));
+        assert!(pcp.lock().unwrap().mappings.contains_key(&(Transport::Tcp, 7070)));
+        let mut names = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            names.push(serde_json::to_value(&e).unwrap()["event"].as_str().unwrap().to_owned());
+        }
+        let dropped = names.iter().position(|n| n == "dropped").expect("a dropped event");
+        assert_eq!(names[dropped + 1..dropped + 3], ["chosen", "mapped"], "{names:?}");
+        // Releasing removes it from the router at once.
+        handle.release(Transport::Tcp, 7070);
+        settle(&handle, |s| s.mappings.is_empty()).await;
+        assert!(pcp.lock().unwrap().mappings.is_empty());
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_gateway_answering_is_explained_and_retried() {
+        let upnp = router(false, None);
+        let pcp = router(false, None);
+        let (handle, cancel, task, _events) = start(vec![(Method::Upnp, upnp), (Method::Pcp, pcp.clone())]);
+        handle.want(Transport::Tcp, 7070, "transfer");
+        let s = settle(&handle, |s| s.explanation.starts_with("not reachable")).await;
+        assert_eq!(
+            s.explanation,
+            "not reachable: no gateway answered UPnP IGD, PCP or NAT-PMP (default gateway 192.168.1.1; \
+             UPnP IGD: no answer: silence; PCP: no answer: silence). Enable UPnP or NAT-PMP/PCP on the \
+             router, or forward the ports there by hand and set [nat] mode = \"manual\""
+        );
+        assert_eq!(s.mappings[0].state, "pending");
+        // The router comes up later: found at the next discovery (backoff 2 s, 4 s, ...).
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        pcp.lock().unwrap().answers = true;
+        let s = settle(&handle, |s| s.reachable).await;
+        assert_eq!(s.method.as_deref(), Some("PCP"));
+        cancel.cancel();
+        task.await.unwrap();
     }
 }
