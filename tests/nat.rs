@@ -411,3 +411,112 @@ fn with_no_router_answering_the_status_says_the_worker_is_not_reachable_and_why(
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not reachable: no gateway answered UPnP IGD, PCP or NAT-PMP"), "{err}");
 }
+
+/// `zeppelin status --json` of the daemon at `socket`, if it answers.
+fn daemon_status(socket: &std::path::Path) -> Option<Value> {
+    let out = run(Command::new(BIN).args(["status", "--json", "--socket"]).arg(socket));
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn wait_status(
+    socket: &std::path::Path,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < timeout {
+        if let Some(s) = daemon_status(socket) {
+            if pred(&s) {
+                return s;
+            }
+            last = Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("no {what} within {timeout:?}; last status: {last:#?}");
+}
+
+#[test]
+fn the_daemon_maps_its_port_reports_it_in_status_and_removes_it_at_shutdown() {
+    let Some(mut rig) = Rig::up("nat6", &[]) else { return };
+    let port = 7076;
+    rig.listen(port);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, socket) = (dir.path().join("zeppelin.toml"), dir.path().join("control.sock"));
+    // No chain in the rig: the daemon keeps retrying it, which does not concern the NAT task.
+    std::fs::write(
+        &config,
+        format!(
+            "[chain]\nrpc_url = \"http://127.0.0.1:9\"\ndispatcher = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n\
+             [worker]\nprice_per_second = \"1 gwei\"\n[state]\ndir = \"{}\"\n[api]\ncontrol_socket = \"{}\"\n\
+             [nat]\nlease = \"30s\"\nrefresh = \"2s\"\nports = [{port}]\n",
+            dir.path().join("state").display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+    let mut daemon = rig
+        .in_ns("ZP_NS_LAN")
+        .arg(BIN)
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+
+    let external = format!("{}:{port}", rig.var("ZP_EXTERNAL_IP"));
+    let s = wait_status(&socket, "a reachable worker", secs(30), |s| s["nat"]["reachable"] == true);
+    let nat = &s["nat"];
+    assert_eq!((nat["mode"].as_str(), nat["method"].as_str()), (Some("auto"), Some("UPnP IGD")), "{nat}");
+    assert_eq!(nat["mappings"][0]["external"], external.as_str(), "{nat}");
+    assert_eq!(nat["mappings"][0]["label"], "transfer", "{nat}");
+    assert!(rig.reach_from_wan(&external).is_some(), "{external} unreachable from the WAN");
+    let human = run(Command::new(BIN).args(["status", "--socket"]).arg(&socket));
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains(&format!(
+            "nat           reachable: ports mapped through UPnP IGD on {}",
+            rig.var("ZP_ROUTER_LAN_IP")
+        )),
+        "{human}"
+    );
+    assert!(
+        human.contains(&format!("tcp {port} (transfer) -> {external}, mapped, lease 30s, expires in ")),
+        "{human}"
+    );
+
+    // The router goes away: the status says the worker is not reachable, and why.
+    rig.stop_router();
+    let s = wait_status(&socket, "the router's absence explained", secs(40), |s| {
+        s["nat"]["explanation"].as_str().is_some_and(|e| e.starts_with("not reachable: no gateway answered"))
+    });
+    assert_eq!(s["nat"]["reachable"], false);
+    let reasons = s["health"]["reasons"].as_array().unwrap();
+    assert!(
+        reasons.iter().any(|r| r.as_str().unwrap().starts_with("NAT: not reachable: no gateway answered")),
+        "{reasons:?}"
+    );
+
+    // It comes back (state lost): the mapping is restored.
+    rig.restart_router(&[]);
+    wait_status(&socket, "the mapping restored", secs(60), |s| s["nat"]["reachable"] == true);
+    assert!(rig.router_forwards(port));
+
+    // SIGTERM: the mapping leaves the router with the daemon.
+    assert!(run(Command::new("kill").args(["-TERM", &daemon.id().to_string()])).status.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = daemon.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < secs(15), "the daemon did not stop within 15 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "daemon exited with {status}");
+    assert!(!rig.router_forwards(port), "the mapping outlived the daemon");
+    assert_eq!(rig.reach_from_wan(&external), None);
+}

@@ -207,3 +207,53 @@ impl Metrics {
         text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nat::{MappingStatus, NatStatus, Transport};
+
+    #[test]
+    fn nat_gauges_and_counters_follow_the_report() {
+        let metrics = Metrics::new();
+        let mapping = |state: &str| MappingStatus {
+            label: "transfer".into(),
+            transport: Transport::Tcp,
+            internal_port: 7070,
+            external: None,
+            state: state.into(),
+            lease_secs: None,
+            expires_at: None,
+            renewals: 0,
+            late_renewals: 0,
+            last_error: None,
+        };
+        let mut report = StatusReport {
+            nat: Some(NatStatus {
+                reachable: true,
+                mappings: vec![mapping("mapped"), mapping("failing")],
+                renewals: 3,
+                failures: 1,
+                ..NatStatus::default()
+            }),
+            ..StatusReport::default()
+        };
+        let text = metrics.render(&report);
+        for line in [
+            "zeppelin_nat_reachable 1\n",
+            "zeppelin_nat_mappings{state=\"mapped\"} 1\n",
+            "zeppelin_nat_mappings{state=\"failing\"} 1\n",
+            "zeppelin_nat_mappings{state=\"pending\"} 0\n",
+            "zeppelin_nat_renewals_total 3\n",
+            "zeppelin_nat_failures_total 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+        // Counters carry the task's totals, not a sum of scrapes.
+        report.nat.as_mut().unwrap().renewals = 5;
+        let text = metrics.render(&report);
+        assert!(text.contains("zeppelin_nat_renewals_total 5\n"), "{text}");
+        let text = metrics.render(&report);
+        assert!(text.contains("zeppelin_nat_renewals_total 5\n"), "{text}");
+    }
+}
