@@ -209,4 +209,23 @@ mod tests {
         wrong[1] = 0x81;
         assert!(matches!(parse_announce_response(&wrong), Err(MapError::BadAnswer(_))));
     }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A deterministic xorshift: every length up to 64, many contents.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..64 {
+            for _ in 0..200 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                let _ = parse_announce_response(&bytes);
+            }
+        }
+    }
 }
