@@ -930,4 +930,52 @@ mod tests {
         cancel.cancel();
         task.await.unwrap();
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_default_route_is_explained_and_manual_forwarding_is_reported_as_configured() {
+        let config = ServiceConfig {
+            mode: "auto".into(),
+            methods: Method::ORDER.to_vec(),
+            lease: Duration::from_secs(30),
+            refresh: Duration::from_secs(60),
+            manual: None,
+        };
+        let locator: Locator<Fake> =
+            Box::new(|| Err("this host has no IPv4 default route, so there is no router to ask".into()));
+        let (service, handle, commands) = NatService::new(config, locator);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(service.run(commands, cancel.clone()));
+        handle.want(Transport::Tcp, 7070, "transfer");
+        let s = settle(&handle, |s| s.explanation.starts_with("not reachable")).await;
+        assert_eq!(
+            s.explanation,
+            "not reachable: this host has no IPv4 default route, so there is no router to ask"
+        );
+        cancel.cancel();
+        task.await.unwrap();
+
+        let config = ServiceConfig {
+            mode: "manual".into(),
+            methods: Vec::new(),
+            lease: Duration::from_secs(30),
+            refresh: Duration::from_secs(60),
+            manual: Some(Manual { external_ip: Ipv4Addr::new(81, 2, 69, 160), ports: BTreeMap::new() }),
+        };
+        let locator: Locator<Fake> = Box::new(|| panic!("manual mode asks no router"));
+        let (service, handle, commands) = NatService::new(config, locator);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(service.run(commands, cancel.clone()));
+        handle.want(Transport::Tcp, 7070, "transfer");
+        let s = settle(&handle, |s| !s.mappings.is_empty()).await;
+        assert!(s.reachable);
+        assert_eq!(s.method.as_deref(), Some("manual"));
+        assert_eq!(s.endpoint(Transport::Tcp, 7070).as_deref(), Some("81.2.69.160:7070"));
+        assert_eq!(s.mappings[0].state, "forwarded");
+        assert_eq!(
+            s.explanation,
+            "manual port forwarding to this host through 81.2.69.160 (as configured; not verified)"
+        );
+        cancel.cancel();
+        task.await.unwrap();
+    }
 }
