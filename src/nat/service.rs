@@ -744,6 +744,7 @@ mod tests {
     struct Router {
         answers: bool,
         permanent_only: bool,
+        refuses_permanent: bool,
         external: Option<Ipv4Addr>,
         mappings: HashMap<(Transport, u16), (u16, Option<Duration>)>,
         requests: u32,
@@ -770,6 +771,9 @@ mod tests {
             }
             if r.permanent_only && l.is_some() {
                 return Err(MapError::PermanentOnly);
+            }
+            if r.refuses_permanent && l.is_none() {
+                return Err(MapError::PermanentRefused("UPnP error 402 Invalid Args".into()));
             }
             let port = if e == 0 { 40000 } else { e };
             r.mappings.insert((t, i), (port, l));
@@ -859,6 +863,29 @@ mod tests {
         // Refreshed every `refresh` (60 s), asking for a permanent lease straight away.
         tokio::time::sleep(Duration::from_secs(125)).await;
         assert_eq!(upnp.lock().unwrap().requests, 2 + 2);
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_router_that_says_725_and_then_refuses_lease_zero_is_not_asked_in_circles() {
+        let upnp = router(true, Some([198, 20, 1, 1]));
+        {
+            let mut r = upnp.lock().unwrap();
+            r.permanent_only = true;
+            r.refuses_permanent = true;
+        }
+        let (handle, cancel, task, _events) = start(vec![(Method::Upnp, upnp.clone())]);
+        handle.want(Transport::Tcp, 7070, "transfer");
+        let s = settle(&handle, |s| s.mappings.first().is_some_and(|m| m.state == "failing")).await;
+        // Finite (725), permanent (402), finite again (725): then the backoff, not a loop.
+        assert_eq!(upnp.lock().unwrap().requests, 3);
+        assert_eq!(s.mappings[0].last_error.as_deref(), Some("the router accepts only permanent leases"));
+        assert!(!s.reachable);
+        // The router is fixed: the next retry (after the backoff) maps with a finite lease.
+        upnp.lock().unwrap().permanent_only = false;
+        let s = settle(&handle, |s| s.reachable).await;
+        assert_eq!(s.mappings[0].lease_secs, Some(30));
         cancel.cancel();
         task.await.unwrap();
     }
