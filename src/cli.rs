@@ -48,6 +48,9 @@ pub enum Command {
     /// Buy time on a worker and run an image there; follow or cancel what you bought.
     #[command(subcommand)]
     Client(ClientCommand),
+    /// NAT traversal diagnostics: can the router map a port for this machine?
+    #[command(subcommand)]
+    Nat(NatCommand),
 }
 
 /// The client's commands.
@@ -129,6 +132,44 @@ pub struct BuyArgs {
     /// The local Docker engine's socket (where the image is exported from).
     #[arg(long, default_value = "/var/run/docker.sock")]
     pub docker_socket: PathBuf,
+}
+
+/// `zeppelin nat ...`.
+#[derive(Debug, Subcommand)]
+pub enum NatCommand {
+    /// Ask the router (UPnP IGD, PCP, NAT-PMP) to map a port, print what works with timings,
+    /// and remove the test mapping; `--hold` keeps the mappings and renews them until Ctrl-C.
+    Check(NatCheckArgs),
+}
+
+/// Options of `zeppelin nat check`.
+#[derive(Debug, Args)]
+pub struct NatCheckArgs {
+    /// Local port to map (repeat for more; without `--hold` the first is used).
+    #[arg(long = "port", default_value = "7070")]
+    pub ports: Vec<u16>,
+    /// Map UDP instead of TCP.
+    #[arg(long)]
+    pub udp: bool,
+    /// The lease to ask for, such as "30s" or "1h".
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub lease: std::time::Duration,
+    /// With `--hold`: the longest time between two requests for a mapping (router restarts
+    /// are noticed within it).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub refresh: std::time::Duration,
+    /// Which protocol: auto (all, in the order UPnP IGD, PCP, NAT-PMP), upnp, pcp or natpmp.
+    #[arg(long, default_value = "auto")]
+    pub method: String,
+    /// Keep the mappings and renew them until Ctrl-C (or `--duration`), then remove them.
+    #[arg(long)]
+    pub hold: bool,
+    /// With `--hold`: stop after this long.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Print JSON lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the config file is.
@@ -218,6 +259,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pause(target) => command(&runtime, &target, Request::Pause),
         Command::Resume(target) => command(&runtime, &target, Request::Resume),
         Command::Reload(target) => command(&runtime, &target, Request::Reload),
+        Command::Nat(NatCommand::Check(args)) => {
+            let methods =
+                crate::config::nat_methods(&args.method).map_err(|e| anyhow::anyhow!("--method: {e}"))?;
+            anyhow::ensure!(!methods.is_empty(), "--method: choose auto, upnp, pcp or natpmp");
+            anyhow::ensure!(args.lease >= std::time::Duration::from_secs(1), "--lease: at least 1s");
+            anyhow::ensure!(args.refresh >= std::time::Duration::from_secs(1), "--refresh: at least 1s");
+            let transport = if args.udp { crate::nat::Transport::Udp } else { crate::nat::Transport::Tcp };
+            runtime.block_on(crate::nat::check::run(crate::nat::check::CheckOptions {
+                ports: args.ports,
+                transport,
+                lease: args.lease,
+                refresh: args.refresh,
+                methods,
+                hold: args.hold,
+                duration: args.duration,
+                json: args.json,
+            }))
+        }
         Command::Client(command) => runtime.block_on(client(command)),
     }
 }

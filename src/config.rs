@@ -65,6 +65,17 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/zeppelin/control.sock";
 /// Default for `api.http_listen`.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9465";
 
+/// Default for `nat.lease`.
+pub const DEFAULT_NAT_LEASE: Duration = Duration::from_secs(3600);
+/// Bounds of `nat.lease`.
+pub const NAT_LEASE_RANGE: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(24 * 3600));
+/// Default for `nat.refresh`.
+pub const DEFAULT_NAT_REFRESH: Duration = Duration::from_secs(60);
+/// Bounds of `nat.refresh`.
+pub const NAT_REFRESH_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+/// Default for `nat.ports`: the transfer server's default port.
+pub const DEFAULT_NAT_PORTS: [u16; 1] = [7070];
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -78,6 +89,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[work]`: receiving images and running clients' containers.
     pub work: WorkConfig,
+    /// `[nat]`: making the worker reachable through a home router.
+    pub nat: NatConfig,
 }
 
 /// `[work]`.
@@ -99,6 +112,71 @@ pub struct WorkConfig {
     pub pids_limit: u32,
     /// `work.tmp_size`: the size of a container's writable `/tmp`, MiB. Default 64.
     pub tmp_mib: u32,
+}
+
+/// `[nat]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatConfig {
+    /// `nat.mode`. Default `auto`.
+    pub mode: NatMode,
+    /// `nat.lease`: the lease asked of the router. Default 1 h.
+    pub lease: Duration,
+    /// `nat.refresh`: the longest time between two requests for one mapping (a router that
+    /// restarted and lost its mappings is noticed within it). Default 60 s.
+    pub refresh: Duration,
+    /// `nat.ports`: TCP ports of this host to map. Default `[7070]`, the transfer port.
+    pub ports: Vec<u16>,
+}
+
+/// How the worker is made reachable (`nat.mode`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NatMode {
+    /// Ask the router, trying UPnP IGD, PCP and NAT-PMP in this order.
+    Auto,
+    /// Only this protocol.
+    Only(crate::nat::Method),
+    /// The operator forwarded the ports on the router by hand to this host; `nat.external_address`
+    /// is the router's public address.
+    Manual { external_address: std::net::Ipv4Addr },
+    /// Nothing is done.
+    Off,
+}
+
+impl NatMode {
+    /// The protocols to try, in order (empty for manual and off).
+    pub fn methods(&self) -> Vec<crate::nat::Method> {
+        match self {
+            NatMode::Auto => crate::nat::Method::ORDER.to_vec(),
+            NatMode::Only(m) => vec![*m],
+            NatMode::Manual { .. } | NatMode::Off => Vec::new(),
+        }
+    }
+
+    /// As written in the file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NatMode::Auto => "auto",
+            NatMode::Only(crate::nat::Method::Upnp) => "upnp",
+            NatMode::Only(crate::nat::Method::Pcp) => "pcp",
+            NatMode::Only(crate::nat::Method::NatPmp) => "natpmp",
+            NatMode::Manual { .. } => "manual",
+            NatMode::Off => "off",
+        }
+    }
+}
+
+/// The protocols named by a mode of `zeppelin nat check --method` or `nat.mode`: `auto` (all,
+/// in order), `upnp`, `pcp`, `natpmp`; `manual` and `off` name none.
+pub fn nat_methods(name: &str) -> Result<Vec<crate::nat::Method>, String> {
+    use crate::nat::Method;
+    match name {
+        "auto" => Ok(Method::ORDER.to_vec()),
+        "upnp" => Ok(vec![Method::Upnp]),
+        "pcp" => Ok(vec![Method::Pcp]),
+        "natpmp" => Ok(vec![Method::NatPmp]),
+        "manual" | "off" => Ok(Vec::new()),
+        other => Err(format!("unknown mode {other:?}: expected auto, upnp, pcp, natpmp, manual or off")),
+    }
 }
 
 /// `[chain]`.
@@ -305,6 +383,7 @@ struct RawConfig {
     state: RawState,
     api: RawApi,
     work: RawWork,
+    nat: RawNat,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -365,6 +444,69 @@ impl RawWork {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+struct RawNat {
+    mode: Option<String>,
+    lease: Option<HumanDuration>,
+    refresh: Option<HumanDuration>,
+    ports: Option<Vec<i64>>,
+    external_address: Option<String>,
+}
+
+impl RawNat {
+    fn validate(self) -> Result<NatConfig, Invalid> {
+        const MODE: &str = "nat.mode";
+        const ADDRESS: &str = "nat.external_address";
+        let name = self.mode.as_deref().unwrap_or("auto");
+        let methods = nat_methods(name).map_err(|e| (MODE, e))?;
+        let mode = match (name, self.external_address) {
+            ("manual", None) => {
+                return Err((
+                    ADDRESS,
+                    "required with mode = \"manual\": the public IPv4 address of the router that forwards \
+                     the ports to this host"
+                        .into(),
+                ));
+            }
+            ("manual", Some(text)) => {
+                let ip: std::net::Ipv4Addr =
+                    text.parse().map_err(|_| (ADDRESS, format!("{text:?} is not an IPv4 address")))?;
+                if let crate::nat::External::NotPublic(kind) = crate::nat::classify_external(ip) {
+                    return Err((
+                        ADDRESS,
+                        format!("{ip} is {kind}, not reachable from the internet; give the public address"),
+                    ));
+                }
+                NatMode::Manual { external_address: ip }
+            }
+            (_, Some(_)) => {
+                return Err((ADDRESS, "only meaningful with mode = \"manual\"".into()));
+            }
+            ("off", None) => NatMode::Off,
+            ("auto", None) => NatMode::Auto,
+            (_, None) => NatMode::Only(methods[0]),
+        };
+        let lease = duration_in("nat.lease", self.lease, DEFAULT_NAT_LEASE, NAT_LEASE_RANGE)?;
+        let refresh = duration_in("nat.refresh", self.refresh, DEFAULT_NAT_REFRESH, NAT_REFRESH_RANGE)?;
+        let ports = match self.ports {
+            None => DEFAULT_NAT_PORTS.to_vec(),
+            Some(list) => {
+                let mut ports = Vec::new();
+                for p in list {
+                    let p = in_range("nat.ports", p, 1, 65535)? as u16;
+                    if ports.contains(&p) {
+                        return Err(("nat.ports", format!("port {p} is listed twice")));
+                    }
+                    ports.push(p);
+                }
+                ports
+            }
+        };
+        Ok(NatConfig { mode, lease, refresh, ports })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct RawChain {
     rpc_url: Option<String>,
     ws_url: Option<String>,
@@ -420,6 +562,7 @@ impl RawConfig {
             state: StateConfig { dir: absolute("state.dir", self.state.dir, DEFAULT_STATE_DIR)? },
             api: self.api.validate()?,
             work: self.work.validate()?,
+            nat: self.nat.validate()?,
         })
     }
 }
@@ -940,6 +1083,29 @@ mod tests {
         assert_eq!(c.api.http_listen, "127.0.0.1:9465".parse().unwrap());
         assert!(!c.api.http_allow_remote);
         assert_eq!(Config::default_path(), Path::new("/etc/zeppelin/zeppelin.toml"));
+    }
+
+    #[test]
+    fn nat_modes() {
+        use crate::nat::Method;
+        let c = load(MIN).unwrap();
+        assert_eq!((c.nat.mode.clone(), c.nat.ports.clone()), (NatMode::Auto, vec![7070]));
+        assert_eq!(c.nat.mode.methods(), [Method::Upnp, Method::Pcp, Method::NatPmp]);
+        let c =
+            with("nat", "mode = \"pcp\"\nlease = \"30s\"\nrefresh = \"5s\"\nports = [7070, 9000]").unwrap();
+        assert_eq!(c.nat.mode, NatMode::Only(Method::Pcp));
+        assert_eq!(c.nat.mode.name(), "pcp");
+        assert_eq!((c.nat.lease, c.nat.refresh), (Duration::from_secs(30), Duration::from_secs(5)));
+        assert_eq!(c.nat.ports, [7070, 9000]);
+        let c = with("nat", "mode = \"manual\"\nexternal_address = \"81.2.69.160\"").unwrap();
+        assert_eq!(c.nat.mode, NatMode::Manual { external_address: "81.2.69.160".parse().unwrap() });
+        assert!(c.nat.mode.methods().is_empty());
+        assert_eq!(with("nat", "mode = \"off\"").unwrap().nat.mode, NatMode::Off);
+        assert_eq!(
+            err("nat", "mode = \"manual\"\nexternal_address = \"example.org\""),
+            "test.toml: nat.external_address: \"example.org\" is not an IPv4 address"
+        );
+        assert_eq!(err("nat", "refresh = \"2h\""), "test.toml: nat.refresh: must be between 1s and 1h");
     }
 
     #[test]

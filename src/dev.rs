@@ -189,7 +189,8 @@ impl WorkerSpec {
              poll_interval = \"{poll}\"\n\n[worker]\nprice_per_second = \"{price}\"\nstake = \"1 ether\"\n{extra}\n\
              [state]\ndir = \"{state}\"\n\n[api]\ncontrol_socket = \"{socket}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\n\
              [work]\ntransfer_listen = \"127.0.0.1:0\"\nannounce_host = \"127.0.0.1\"\npublish_ip = \"127.0.0.1\"\n\
-             ports = \"{first}-{last}\"\n",
+             ports = \"{first}-{last}\"\n\n\
+                          [nat]\nmode = \"off\"\n",
             rpc = self.rpc_url,
             ws = self.ws_url.as_ref().map(|u| format!("ws_url = \"{u}\"\n")).unwrap_or_default(),
             poll = self.poll_interval,

@@ -25,15 +25,16 @@
 //! actions, and the application loop carries them out through one small trait per outside
 //! system. Only the adapter for a system knows its library.
 //!
-//! ## Code map (what exists today; `nat/` and `verify/` in the diagram come with their issues)
+//! ## Code map (what exists today; `verify/` in the diagram comes with its issue)
 //!
 //! - `main.rs`: thin entry: parse the command line, set up logging, map errors to an exit code.
-//! - [`cli`]: the subcommands (`daemon`, `status`, `leave`, `pause`, `resume`, `reload`, `dev`);
-//!   each one parses options and calls into the library.
+//! - [`cli`]: the subcommands (`daemon`, `status`, `leave`, `pause`, `resume`, `reload`, `dev`,
+//!   `nat check`); each one parses options and calls into the library.
 //! - [`app`]: the daemon's wiring and its one event loop ([`app::run`]): the `Trigger` enum
 //!   (poll timer, new head over WebSocket, control command, SIGHUP, watchdog, SIGTERM), one poll
 //!   (follow confirmed blocks, rewind on reorg, settle receipts, sign decisions, **save**, then
-//!   broadcast), and [`app::outbox`], the exactly-once transaction outbox.
+//!   broadcast), [`app::outbox`], the exactly-once transaction outbox, and [`app::nat`], which
+//!   starts the NAT task (its state changes are a `Trigger` too).
 //! - [`core`]: the pure state machine `Node::on_event(event) -> actions`: registration
 //!   reconciled against the operator's goal, the agreement lifecycle, intents in flight.
 //! - [`chain`]: the only module that speaks Ethereum: the `Chain` trait and `AlloyChain`,
@@ -43,6 +44,10 @@
 //!   network with the agreement's CPU, memory without swap and pids limits, no capabilities, no
 //!   new privileges, a read-only root with a small `/tmp`, no mounts), image loading from a
 //!   stream, layer-prefix lookup; [`runtime::images`] builds busybox test images.
+//! - [`nat`]: NAT traversal: the `PortMapper` trait and its adapters (the only code that knows
+//!   `igd-next` and `crab_nat`): UPnP IGD, PCP, NAT-PMP; the pure lease/fallback/CGNAT logic;
+//!   the service task the daemon and `zeppelin nat check` run (discover, map, renew, re-map,
+//!   release) behind a `NatHandle`.
 //! - [`store`]: trait `Store`; the embedded database (redb) holding the daemon's snapshot.
 //! - [`api`]: observing and steering the running daemon: the `StatusReport` the app publishes,
 //!   the unix control socket (JSON lines) and its client, `/health` and `/metrics` over HTTP on
@@ -62,6 +67,8 @@
 //!   Its types derive serde so the store can persist them; nothing in it calls serde.
 //! - **Only `runtime/` knows bollard**, and nothing a container gets is chosen outside
 //!   `runtime/docker.rs`: the hardening is in one function (`container_body`).
+//! - **Only `nat/`'s adapters know the port-mapping libraries**, and every router request is
+//!   bounded in time; a router's answer never panics the daemon.
 //! - **Only `chain/` knows alloy's providers and contracts.** `config` and `identity` use
 //!   alloy's plain value types (addresses, amounts, the signer); the core uses its own.
 //! - **A decision is saved before it leaves the machine.** The app signs into the outbox, saves
@@ -87,6 +94,7 @@ pub mod host;
 pub mod identity;
 pub mod letters;
 pub mod logging;
+pub mod nat;
 pub mod probe;
 pub mod runtime;
 pub mod store;

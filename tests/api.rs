@@ -46,7 +46,7 @@ fn sample() -> StatusReport {
                 stage: AgreementStage::Running,
                 client: CLIENT.into(),
                 worker: ME.into(),
-                work: None,
+                work: Some("running on port 7100".into()),
             },
             AgreementStatus {
                 id: 17,
@@ -516,9 +516,9 @@ last sync     5s ago, 2001-09-09T02:48:20Z
 in flight     answer:3, withdraw
 last error    transaction register reverted in block 7 (5m 5s ago, 2001-09-09T02:43:20Z)
 agreements    2
-  ID  ROLE      STAGE     CLIENT                                      WORKER
-  3   worker    running   0x2222222222222222222222222222222222222222  0x1111111111111111111111111111111111111111
-  17  verifier  accepted  0x2222222222222222222222222222222222222222  0x3333333333333333333333333333333333333333
+  ID  ROLE      STAGE     CLIENT                                      WORKER                                      WORK
+  3   worker    running   0x2222222222222222222222222222222222222222  0x1111111111111111111111111111111111111111  running on port 7100
+  17  verifier  accepted  0x2222222222222222222222222222222222222222  0x3333333333333333333333333333333333333333  -
 ";
     assert_eq!(render_human(&report), expected, "got:\n{}", render_human(&report));
 }

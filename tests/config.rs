@@ -34,6 +34,9 @@ fn shipped_default_loads_with_the_documented_defaults() {
     assert_eq!(c.api.control_socket, Path::new("/run/zeppelin/control.sock"));
     assert_eq!(c.api.http_listen, "127.0.0.1:9465".parse().unwrap());
     assert!(!c.api.http_allow_remote);
+    assert_eq!(c.nat.mode, zeppelin::config::NatMode::Auto);
+    assert_eq!((c.nat.lease, c.nat.refresh), (Duration::from_secs(3600), Duration::from_secs(60)));
+    assert_eq!(c.nat.ports, [7070]);
 
     // Uncommenting a documented default changes nothing.
     let text = std::fs::read_to_string(&path).unwrap();
@@ -48,6 +51,10 @@ fn shipped_default_loads_with_the_documented_defaults() {
         "#control_socket = ",
         "#http_listen = ",
         "#http_allow_remote = ",
+        "#mode = ",
+        "#lease = ",
+        "#refresh = ",
+        "#ports = ",
     ];
     let mut uncommented = text.clone();
     for d in defaults {

@@ -22,6 +22,11 @@ struct MethodLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NatLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AgreementLabels {
     role: &'static str,
     stage: &'static str,
@@ -50,6 +55,11 @@ struct Inner {
     stake: WeiGauge,
     credits: WeiGauge,
     balance: WeiGauge,
+    nat_reachable: Gauge,
+    nat_mappings: Family<NatLabels, Gauge>,
+    /// Totals kept by the NAT task, carried into counters at each scrape.
+    nat_renewals: Counter,
+    nat_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -74,6 +84,10 @@ impl Metrics {
             stake: WeiGauge::default(),
             credits: WeiGauge::default(),
             balance: WeiGauge::default(),
+            nat_reachable: Gauge::default(),
+            nat_mappings: Family::default(),
+            nat_renewals: Counter::default(),
+            nat_failures: Counter::default(),
         };
         {
             let mut r = inner.registry.lock().unwrap();
@@ -113,6 +127,18 @@ impl Metrics {
                 inner.credits.clone(),
             );
             r.register("balance_wei", "Wallet balance, in wei", inner.balance.clone());
+            r.register(
+                "nat_reachable",
+                "1 if the worker's ports are mapped on the router and its external address is public",
+                inner.nat_reachable.clone(),
+            );
+            r.register(
+                "nat_mappings",
+                "Wanted port mappings by state (mapped, pending, failing, forwarded)",
+                inner.nat_mappings.clone(),
+            );
+            r.register("nat_renewals", "Port mapping leases renewed", inner.nat_renewals.clone());
+            r.register("nat_failures", "Port mapping requests that failed", inner.nat_failures.clone());
             r.register(
                 "build",
                 "Build information",
@@ -166,8 +192,68 @@ impl Metrics {
         m.stake.set(report.registration.stake_wei as f64);
         m.credits.set(report.credits_wei as f64);
         m.balance.set(report.balance_wei as f64);
+        if let Some(nat) = &report.nat {
+            m.nat_reachable.set(nat.reachable.into());
+            for state in ["mapped", "pending", "failing", "forwarded"] {
+                let count = nat.mappings.iter().filter(|x| x.state == state).count();
+                m.nat_mappings.get_or_create(&NatLabels { state }).set(count.try_into().unwrap_or(i64::MAX));
+            }
+            // The task's totals only grow; carry the difference into the counters.
+            m.nat_renewals.inc_by(nat.renewals.saturating_sub(m.nat_renewals.get()));
+            m.nat_failures.inc_by(nat.failures.saturating_sub(m.nat_failures.get()));
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String");
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nat::{MappingStatus, NatStatus, Transport};
+
+    #[test]
+    fn nat_gauges_and_counters_follow_the_report() {
+        let metrics = Metrics::new();
+        let mapping = |state: &str| MappingStatus {
+            label: "transfer".into(),
+            transport: Transport::Tcp,
+            internal_port: 7070,
+            external: None,
+            state: state.into(),
+            lease_secs: None,
+            expires_at: None,
+            renewals: 0,
+            late_renewals: 0,
+            last_error: None,
+        };
+        let mut report = StatusReport {
+            nat: Some(NatStatus {
+                reachable: true,
+                mappings: vec![mapping("mapped"), mapping("failing")],
+                renewals: 3,
+                failures: 1,
+                ..NatStatus::default()
+            }),
+            ..StatusReport::default()
+        };
+        let text = metrics.render(&report);
+        for line in [
+            "zeppelin_nat_reachable 1\n",
+            "zeppelin_nat_mappings{state=\"mapped\"} 1\n",
+            "zeppelin_nat_mappings{state=\"failing\"} 1\n",
+            "zeppelin_nat_mappings{state=\"pending\"} 0\n",
+            "zeppelin_nat_renewals_total 3\n",
+            "zeppelin_nat_failures_total 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+        // Counters carry the task's totals, not a sum of scrapes.
+        report.nat.as_mut().unwrap().renewals = 5;
+        let text = metrics.render(&report);
+        assert!(text.contains("zeppelin_nat_renewals_total 5\n"), "{text}");
+        let text = metrics.render(&report);
+        assert!(text.contains("zeppelin_nat_renewals_total 5\n"), "{text}");
     }
 }

@@ -58,6 +58,13 @@ pub fn render_human(r: &StatusReport) -> String {
     line("last sync", &c.last_sync.map_or_else(|| "never".to_owned(), |at| when(r.now, at)));
     line("", "");
 
+    if let Some(nat) = &r.nat {
+        for (i, text) in nat_lines(nat, r.now).iter().enumerate() {
+            line(if i == 0 { "nat" } else { "" }, text);
+        }
+        line("", "");
+    }
+
     let in_flight = if r.transactions_in_flight.is_empty() {
         "none".to_owned()
     } else {
@@ -77,6 +84,46 @@ pub fn render_human(r: &StatusReport) -> String {
         out.push_str(&agreements_table(r));
     }
     out
+}
+
+/// The NAT section: the verdict, then one line per mapping.
+fn nat_lines(nat: &crate::nat::NatStatus, now: u64) -> Vec<String> {
+    let mut lines = vec![nat.explanation.clone()];
+    for m in &nat.mappings {
+        let mut text = format!("{} {} ({}) ", m.transport, m.internal_port, m.label);
+        match &m.external {
+            Some(external) => {
+                write!(text, "-> {external}, {}", m.state).unwrap();
+                match (m.lease_secs, m.expires_at) {
+                    (Some(lease), Some(at)) => write!(
+                        text,
+                        ", lease {}, expires {}",
+                        humantime::format_duration(Duration::from_secs(lease)),
+                        if at > now {
+                            format!("in {}", humantime::format_duration(Duration::from_secs(at - now)))
+                        } else {
+                            "now".into()
+                        }
+                    )
+                    .unwrap(),
+                    _ if m.state == "mapped" => text.push_str(", permanent lease"),
+                    _ => {}
+                }
+                if m.renewals > 0 {
+                    write!(text, ", {} renewal{}", m.renewals, plural(m.renewals)).unwrap();
+                }
+            }
+            None => text.push_str(&m.state),
+        }
+        if let Some(e) = &m.last_error {
+            write!(text, "; last error: {e}").unwrap();
+        }
+        lines.push(text);
+    }
+    if nat.renewals + nat.failures > 0 {
+        lines.push(format!("{} renewals, {} failed requests since start", nat.renewals, nat.failures));
+    }
+    lines
 }
 
 fn agreements_table(r: &StatusReport) -> String {
@@ -170,6 +217,56 @@ mod tests {
         assert_eq!(format_eth(WEI_PER_MICRO_ETH), "0.000001 ETH");
         assert_eq!(format_eth(1), "< 0.000001 ETH");
         assert_eq!(format_eth(u128::MAX), "340282366920938463463.374607 ETH");
+    }
+
+    #[test]
+    fn the_nat_section_shows_the_verdict_and_each_mapping() {
+        use crate::nat::{MappingStatus, NatStatus, Transport};
+        let nat = NatStatus {
+            mode: "auto".into(),
+            method: Some("PCP".into()),
+            reachable: true,
+            explanation: "reachable: ports mapped through PCP on 192.168.1.1, external address 198.20.1.1"
+                .into(),
+            mappings: vec![
+                MappingStatus {
+                    label: "transfer".into(),
+                    transport: Transport::Tcp,
+                    internal_port: 7070,
+                    external: Some("198.20.1.1:7070".into()),
+                    state: "mapped".into(),
+                    lease_secs: Some(3600),
+                    expires_at: Some(1_000_001_800),
+                    renewals: 2,
+                    late_renewals: 0,
+                    last_error: None,
+                },
+                MappingStatus {
+                    label: "agreement 3".into(),
+                    transport: Transport::Tcp,
+                    internal_port: 32768,
+                    external: None,
+                    state: "failing".into(),
+                    lease_secs: None,
+                    expires_at: None,
+                    renewals: 0,
+                    late_renewals: 0,
+                    last_error: Some("refused: PCP: Server responded with code: Not authorized".into()),
+                },
+            ],
+            renewals: 2,
+            failures: 1,
+            ..NatStatus::default()
+        };
+        assert_eq!(
+            nat_lines(&nat, 1_000_000_000),
+            [
+                "reachable: ports mapped through PCP on 192.168.1.1, external address 198.20.1.1",
+                "tcp 7070 (transfer) -> 198.20.1.1:7070, mapped, lease 1h, expires in 30m, 2 renewals",
+                "tcp 32768 (agreement 3) failing; last error: refused: PCP: Server responded with code: Not authorized",
+                "2 renewals, 1 failed requests since start",
+            ]
+        );
     }
 
     #[test]

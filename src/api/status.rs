@@ -34,6 +34,10 @@ pub struct StatusReport {
     /// Problems the app knows of that make the daemon degraded (say, "docker engine
     /// unreachable"); [`StatusReport::stamp`] adds the ones it can derive.
     pub problems: Vec<String>,
+    /// NAT traversal: the protocol in use, the external address, each mapping, or why the
+    /// worker is not reachable (none before the NAT task starts).
+    #[serde(default)]
+    pub nat: Option<crate::nat::NatStatus>,
 
     // Derived by `stamp`; whatever the app puts here is overwritten.
     /// When this report was taken.
@@ -239,6 +243,12 @@ impl StatusReport {
             _ => {}
         }
         reasons.extend(self.problems.iter().cloned());
+        if let Some(nat) = &self.nat
+            && !nat.reachable
+            && nat.mode != "off"
+        {
+            reasons.push(format!("NAT: {}", nat.explanation));
+        }
         let status = if reasons.is_empty() { HealthStatus::Ok } else { HealthStatus::Degraded };
         Health { status, reasons }
     }
@@ -308,6 +318,22 @@ mod tests {
         r.chain.last_sync = None;
         assert!(r.clone().stamp(1006).health.is_ok());
         assert_eq!(r.stamp(1007).health.reasons, ["no chain sync since start-up 7s ago"]);
+    }
+
+    #[test]
+    fn an_unreachable_worker_is_degraded_unless_nat_is_off() {
+        let mut r = report();
+        r.nat = Some(crate::nat::NatStatus {
+            mode: "auto".into(),
+            explanation: "not reachable: no gateway answered".into(),
+            ..Default::default()
+        });
+        assert_eq!(r.clone().stamp(1095).health.reasons, ["NAT: not reachable: no gateway answered"]);
+        r.nat.as_mut().unwrap().mode = "off".into();
+        assert!(r.clone().stamp(1095).health.is_ok());
+        r.nat.as_mut().unwrap().mode = "auto".into();
+        r.nat.as_mut().unwrap().reachable = true;
+        assert!(r.stamp(1095).health.is_ok());
     }
 
     #[test]

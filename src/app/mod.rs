@@ -11,6 +11,7 @@
 //! flight; sign what it decided into the outbox; **save the snapshot**; then broadcast. Saving
 //! before broadcasting is what makes a transaction survive `kill -9` exactly once (see
 //! [`outbox`]).
+pub mod nat;
 pub mod outbox;
 pub mod work;
 
@@ -93,6 +94,8 @@ enum Trigger {
     Watchdog,
     /// Something happened to an agreement's work (a push loaded, a container up or failed).
     Work(WorkEvent),
+    /// The NAT task's state changed.
+    Nat,
     Shutdown,
 }
 
@@ -256,6 +259,8 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     }
     tracker.spawn(control.serve(status_rx.clone(), command_tx, cancel.clone().cancelled_owned()));
     tracker.spawn(http.serve(status_rx, metrics.clone(), cancel.clone().cancelled_owned()));
+    // Keeps the ports mapped on the home router; removes the mappings when `cancel` fires.
+    let (_nat, mut nat_rx) = nat::start(&config.nat, &tracker, cancel.clone());
 
     // The work: the Docker engine, the transfer server, and what connects them to the loop.
     let (work_tx, mut work_rx) = mpsc::channel::<WorkEvent>(64);
@@ -289,6 +294,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     };
     // The config may have changed while the daemon was stopped.
     daemon.apply_config_goal();
+    daemon.status.nat = Some(nat_rx.borrow_and_update().clone());
     // Signal handlers before READY: a stop or reload right after start must not kill us.
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -312,6 +318,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
                 let delivery: crate::transfer::server::Delivery = delivery;
                 Trigger::Work(WorkEvent::ImageLoaded { id: delivery.agreement })
             }
+            Ok(()) = nat_rx.changed() => Trigger::Nat,
             _ = sigterm.recv() => Trigger::Shutdown,
             _ = tokio::signal::ctrl_c() => Trigger::Shutdown,
         };
@@ -356,6 +363,10 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
                 daemon.next_attempt = tokio::time::Instant::now();
                 poll.reset_immediately();
             }
+            Trigger::Nat => {
+                daemon.status.nat = Some(nat_rx.borrow_and_update().clone());
+                status_tx.send_replace(daemon.status.clone());
+            }
             Trigger::Shutdown => break,
         }
     }
@@ -364,7 +375,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     cancel.cancel();
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
-        warn!("control and HTTP servers did not stop within 5 s");
+        warn!("control and HTTP servers and the NAT task did not stop within 5 s");
     }
     daemon.save().context("saving the state at shutdown")?;
     Ok(())
@@ -791,6 +802,9 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
         }
         if config.api != self.config.api {
             restart_needed.push("[api]");
+        }
+        if config.nat != self.config.nat {
+            restart_needed.push("[nat]");
         }
         self.desired_terms = terms;
         self.config.worker = config.worker;
