@@ -260,14 +260,15 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     tracker.spawn(control.serve(status_rx.clone(), command_tx, cancel.clone().cancelled_owned()));
     tracker.spawn(http.serve(status_rx, metrics.clone(), cancel.clone().cancelled_owned()));
     // Keeps the ports mapped on the home router; removes the mappings when `cancel` fires.
-    let (_nat, mut nat_rx) = nat::start(&config.nat, &tracker, cancel.clone());
+    let (nat_handle, mut nat_rx) = nat::start(&config.nat, &tracker, cancel.clone());
 
     // The work: the Docker engine, the transfer server, and what connects them to the loop.
     let (work_tx, mut work_rx) = mpsc::channel::<WorkEvent>(64);
     let (delivered_tx, mut delivered_rx) = mpsc::channel(16);
-    let work = start_work(&config, &identity, &deployment, me, work_tx, delivered_tx, &tracker, &cancel)
-        .await
-        .context("setting up the work (transfer server, Docker engine)")?;
+    let work =
+        start_work(&config, &identity, &deployment, me, nat_handle, work_tx, delivered_tx, &tracker, &cancel)
+            .await
+            .context("setting up the work (transfer server, Docker engine)")?;
 
     let mut daemon = Daemon {
         chain,
@@ -669,7 +670,7 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
         for action in std::mem::take(&mut self.work_actions) {
             match action {
                 Action::Start(id) => work.start(node, id),
-                Action::Stop(id) => work.stop(id),
+                Action::Stop(id) => work.stop(node, id),
                 Action::Send(_) => {}
             }
         }
@@ -695,7 +696,7 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             for action in std::mem::take(&mut self.work_actions) {
                 match action {
                     Action::Start(id) => work.start(node, id),
-                    Action::Stop(id) => work.stop(id),
+                    Action::Stop(id) => work.stop(node, id),
                     Action::Send(_) => {}
                 }
             }
@@ -940,6 +941,7 @@ async fn start_work(
     identity: &Identity,
     deployment: &Deployment,
     me: Address,
+    nat: crate::nat::NatHandle,
     events: mpsc::Sender<WorkEvent>,
     delivered: mpsc::Sender<crate::transfer::server::Delivery>,
     tracker: &tokio_util::task::TaskTracker,
@@ -961,6 +963,8 @@ async fn start_work(
         .await
         .with_context(|| format!("work.transfer_listen: binding {}", config.work.transfer_listen))?;
     let port = listener.local_addr()?.port();
+    // Clients reach the transfer server through the home router too.
+    nat.want(crate::nat::Transport::Tcp, port, "transfer");
     let announce_host = match &config.work.announce_host {
         Some(host) => host.clone(),
         None => work::default_route_ip().map_or_else(|| "127.0.0.1".to_owned(), |ip| ip.to_string()),
@@ -993,8 +997,9 @@ async fn start_work(
         dispatcher: decode::address(deployment.dispatcher),
         me,
         config: config.work.clone(),
-        transfer_endpoint: format!("{announce_host}:{port}"),
+        transfer_port: port,
         announce_host,
+        nat,
         fingerprint,
         events,
         gate: gate_tx,

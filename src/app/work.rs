@@ -16,6 +16,7 @@ use crate::core::types::{Address, AgreementId};
 use crate::core::work::{Phase, Probe, WorkEvent};
 use crate::identity::Identity;
 use crate::letters::{self, Body, Context, Offer};
+use crate::nat::{NatHandle, Transport};
 use crate::runtime::{ContainerSpec, DockerRuntime, Runtime};
 use crate::transfer::server::{Admission, Gate};
 use crate::transfer::{ByteStream, ImageSink, digest_string};
@@ -31,10 +32,13 @@ pub struct Work {
     pub dispatcher: Address,
     pub me: Address,
     pub config: WorkConfig,
-    /// `host:port` of our transfer server, as clients reach it.
-    pub transfer_endpoint: String,
-    /// The host clients reach our published ports at.
+    /// The port our transfer server listens on.
+    pub transfer_port: u16,
+    /// The host clients reach us at when the router maps nothing (`work.announce_host`, or the
+    /// address of the default route's interface).
     pub announce_host: String,
+    /// The home router's port mappings.
+    pub nat: NatHandle,
     pub fingerprint: String,
     pub events: mpsc::Sender<WorkEvent>,
     pub gate: watch::Sender<Gate>,
@@ -90,11 +94,11 @@ impl Work {
                 self.config.ports.0, self.config.ports.1
             ));
         };
-        let offer = Offer {
-            transfer: self.transfer_endpoint.clone(),
-            fingerprint: self.fingerprint.clone(),
-            work: format!("{}:{host_port}", self.announce_host),
-        };
+        // Mapped on the router now; the router grants the same external port (asked for).
+        self.nat.want(Transport::Tcp, host_port, format!("agreement {id}"));
+        let (transfer, host) = self.endpoints();
+        let offer =
+            Offer { transfer, fingerprint: self.fingerprint.clone(), work: format!("{host}:{host_port}") };
         let back = Context { from: self.me, to: from, ..ctx };
         let sealed = match letters::seal(&back, Body::Offer(offer), &client_key) {
             Ok(s) => s,
@@ -109,6 +113,20 @@ impl Work {
             probe: hello.probe,
             offer: sealed,
         })
+    }
+
+    /// The transfer endpoint and the host to announce: what the operator configured, else what
+    /// the home router maps (its external address), else this machine's address.
+    fn endpoints(&self) -> (String, String) {
+        if self.config.announce_host.is_none() {
+            let nat = self.nat.status();
+            if let (Some(transfer), Some(ip)) =
+                (nat.endpoint(Transport::Tcp, self.transfer_port), nat.external_ip)
+            {
+                return (transfer, ip);
+            }
+        }
+        (format!("{}:{}", self.announce_host, self.transfer_port), self.announce_host.clone())
     }
 
     fn free_port(&self, node: &Node) -> Option<u16> {
@@ -194,8 +212,11 @@ impl Work {
         });
     }
 
-    /// Stops and removes the container (in the background; idempotent).
-    pub fn stop(&self, id: AgreementId) {
+    /// Stops and removes the container (in the background; idempotent), and its port mapping.
+    pub fn stop(&self, node: &Node, id: AgreementId) {
+        if let Some(d) = node.agreement(id).and_then(|a| a.deployment.as_ref()) {
+            self.nat.release(Transport::Tcp, d.host_port);
+        }
         let runtime = self.runtime.clone();
         let scope = self.scope.clone();
         tokio::spawn(async move {
@@ -214,13 +235,16 @@ impl Work {
             Ok(found) => {
                 for c in found.iter().filter(|c| !should.contains(&c.agreement)) {
                     info!(agreement = c.agreement, "removing the container of an agreement that is over");
-                    self.stop(c.agreement);
+                    self.stop(node, c.agreement);
                 }
             }
             Err(e) => warn!("listing our containers: {e}"),
         }
         for id in should {
             info!(agreement = id, "re-adopting the work after a restart");
+            if let Some(d) = node.agreement(id).and_then(|a| a.deployment.as_ref()) {
+                self.nat.want(Transport::Tcp, d.host_port, format!("agreement {id}"));
+            }
             self.start(node, id);
         }
     }
