@@ -23,6 +23,7 @@ use crate::api::render::format_eth;
 use crate::chain::bindings::WorkerDispatcher;
 use crate::chain::deployment::Deployment;
 use crate::cli::DevArgs;
+use crate::runtime::Runtime as _;
 
 /// Runs the local marketplace until interrupted (or, with `--once`, until it is set up).
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -123,10 +124,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         );
     }
 
+    let docker = crate::runtime::DockerRuntime::connect(None)?;
+    if args.workers >= 2 {
+        // Buying needs a worker and at least one verifier besides it.
+        let client = PrivateKeySigner::from(anvil.keys()[anvil.keys().len() - 1].clone());
+        demo_client(&docker, &anvil.endpoint_url(), &deployment, client, &args.dir).await?;
+    } else {
+        println!("  client    (skipped: buying needs two workers, one to run the work and one to verify it)");
+    }
+
     if args.once {
         println!("set up; stopping (--once)");
         for worker in &mut workers {
             worker.stop(Duration::from_secs(10)).await?;
+        }
+        // The work outlives a stopped daemon (a restart adopts it); this devnet is gone for good.
+        for worker in &workers {
+            let scope = crate::app::work_scope(&deployment, crate::chain::decode::address(worker.address));
+            for c in docker.list(&scope).await.unwrap_or_default() {
+                docker.remove(&scope, c.agreement).await?;
+            }
         }
         return Ok(());
     }
@@ -138,6 +155,56 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for worker in &mut workers {
         worker.stop(Duration::from_secs(10)).await?;
     }
+    Ok(())
+}
+
+/// The client's part of the local marketplace: build a small web server image, buy two minutes
+/// of a worker for it, push it, and fetch its page where the worker runs it.
+async fn demo_client(
+    docker: &crate::runtime::DockerRuntime,
+    rpc: &url::Url,
+    deployment: &Deployment,
+    key: PrivateKeySigner,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    docker
+        .ping()
+        .await
+        .context("the client's demo needs the Docker engine (start it with tools/dockerd.sh start)")?;
+    let tag = "zeppelin-dev-demo:latest";
+    let page = "hello from a zeppelin worker\n";
+    crate::runtime::images::build_image(docker, tag, &crate::runtime::images::ImageRecipe::httpd(8080, page))
+        .await
+        .context("building the demo image")?;
+    let identity = crate::identity::Identity::from_signer(key.clone());
+    println!(
+        "  client    {} buys 2 minutes of 0.5 CPU and 128 MiB for image {tag} (busybox httpd)",
+        identity.address()
+    );
+    let market = crate::chain::market::Market::new(rpc.clone(), deployment.clone(), key);
+    let probe = crate::core::work::Probe::Http { path: "/index.html".into(), status: 200, body_sha256: None };
+    let order = crate::client::BuyOrder {
+        image: tag.into(),
+        wants: crate::chain::market::Wants {
+            arch: crate::core::types::Arch::from_name(crate::host::NATIVE_ARCH)
+                .expect("a known architecture"),
+            cpu_millis: 500,
+            memory_mib: 128,
+            disk_mib: 64,
+            duration: 120,
+            max_price_per_second: U256::from(10_000_000_000u64),
+            verifiers: 1,
+        },
+        port: 8080,
+        probe: probe.clone(),
+        wait: Duration::from_secs(120),
+    };
+    let deployed = crate::client::buy(&market, &identity, docker, &dir.join("client-cache"), &order).await?;
+    let addr: std::net::SocketAddr = deployed.endpoint.parse().context("the worker's endpoint")?;
+    let answer =
+        crate::probe::check(addr, &probe, Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+    let body = reqwest::get(format!("http://{addr}/index.html")).await?.text().await?;
+    println!("  client    {answer}: {:?}", body.trim_end());
     Ok(())
 }
 

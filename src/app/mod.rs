@@ -933,6 +933,17 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
     }
 }
 
+/// The label of this worker's containers on this deployment: another daemon (or devnet) on the
+/// same engine never adopts or removes them.
+pub fn work_scope(deployment: &Deployment, worker: Address) -> String {
+    format!(
+        "{}-{}-{}",
+        deployment.chain_id,
+        &alloy::hex::encode(deployment.dispatcher.0.0)[..12],
+        &alloy::hex::encode(worker.0)[..12]
+    )
+}
+
 /// Connects the Docker engine, loads or creates the transfer certificate, binds the transfer
 /// server and starts it.
 #[allow(clippy::too_many_arguments)]
@@ -981,14 +992,7 @@ async fn start_work(
         Default::default(),
         cancel.clone(),
     ));
-    // Containers are this worker's on this deployment: another daemon (or devnet) on the same
-    // engine never adopts or removes them.
-    let scope = format!(
-        "{}-{}-{}",
-        deployment.chain_id,
-        &alloy::hex::encode(deployment.dispatcher.0.0)[..12],
-        &alloy::hex::encode(me.0)[..12]
-    );
+    let scope = work_scope(deployment, me);
     Ok(work::Work {
         runtime,
         identity: identity.clone(),
