@@ -45,6 +45,15 @@ pub enum Command {
     /// Run a complete local marketplace on this machine: a local chain with the protocol
     /// contracts deployed (worker daemons and a client join it as those capabilities land).
     Dev(DevArgs),
+    /// Write the man pages or shell completions into a directory (for packaging).
+    #[command(hide = true)]
+    Generate {
+        /// What to write.
+        #[arg(value_enum)]
+        what: crate::generate::Artifact,
+        /// The directory to write into (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// Where the config file is.
@@ -109,6 +118,12 @@ pub struct DevArgs {
 
 /// Runs the parsed command line. The only place that builds the async runtime.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Generate { what, dir } = &cli.command {
+        for file in crate::generate::run(*what, dir)? {
+            println!("{}", file.display());
+        }
+        return Ok(());
+    }
     crate::tls::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
@@ -134,6 +149,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pause(target) => command(&runtime, &target, Request::Pause),
         Command::Resume(target) => command(&runtime, &target, Request::Resume),
         Command::Reload(target) => command(&runtime, &target, Request::Reload),
+        Command::Generate { .. } => unreachable!("handled before the runtime is built"),
     }
 }
 
