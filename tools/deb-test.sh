@@ -191,6 +191,7 @@ systemd_test() {
     local new image port http_port deployment start
     new=$(deb_of amd64)
     cp "$new" "$tmp/new.deb"
+    make_previous "$new" "$tmp/previous.deb"
     image=$(bash tools/deb-root.sh)
     [ -x "$target_dir/release/zeppelin" ] || die "no host release build (cargo build --release)"
     command -v "${ZEPPELIN_ANVIL:-anvil}" >/dev/null || die "anvil not found (source tools/env.sh)"
@@ -220,7 +221,8 @@ systemd_test() {
     [ "$state" = running ] || { in_ctr systemctl --failed --no-pager || true; die "system state '$state', not running"; }
     pass "systemd $(in_ctr systemctl --version | head -n1 | cut -d' ' -f2) is PID 1: $state"
 
-    in_ctr dpkg -i /debs/new.deb >"$tmp/out" 2>&1 || { cat "$tmp/out"; die "dpkg -i under systemd"; }
+    # The previous build first: the upgrade at the end must restart the running service.
+    in_ctr dpkg -i /debs/previous.deb >"$tmp/out" 2>&1 || { cat "$tmp/out"; die "dpkg -i under systemd"; }
     [ "$(prop UnitFileState)" = disabled ] && [ "$(prop ActiveState)" = inactive ] ||
         die "after install: $(prop UnitFileState), $(prop ActiveState) (expected disabled, inactive)"
     pass "installed: the unit is known, disabled and not started until configured"
@@ -292,12 +294,15 @@ TOML
     pass "SIGSTOP of pid $pid: watchdog timeout, NRestarts $restarts -> $(prop NRestarts), active again as pid $(prop MainPID), $((SECONDS - start)) s"
     grep 'Watchdog timeout\|Scheduled restart' "$tmp/journal" | sed 's/^/            /'
 
-    # Upgrade (reinstall) restarts a running service; remove stops it.
+    # An upgrade restarts the running service, with the operator's config; remove stops it.
     pid=$(prop MainPID)
-    in_ctr dpkg -i /debs/new.deb >"$tmp/out" 2>&1 || { cat "$tmp/out"; die "reinstall under systemd"; }
+    in_ctr dpkg -i --force-confold /debs/new.deb >"$tmp/out" 2>&1 </dev/null || { cat "$tmp/out"; die "upgrade under systemd"; }
+    [ "$(in_ctr dpkg-query -W -f='${Version}' zeppelin)" = "$version-1" ] || die "not upgraded"
+    in_ctr grep -q "^rpc_url = \"http://127.0.0.1:$port\"" /etc/zeppelin/zeppelin.toml || die "upgrade replaced the config"
     [ "$(prop ActiveState)" = active ] && [ "$(prop MainPID)" != "$pid" ] ||
         die "upgrade did not restart the service ($(prop ActiveState), pid $(prop MainPID))"
-    pass "dpkg -i over the installed package: restarted (pid $pid -> $(prop MainPID))"
+    wait_until 30 "STATUS=registered after the upgrade" sh -c "docker exec '$ctr' systemctl show -p StatusText --value zeppelin | grep -q '^registered'"
+    pass "upgrade 0.0.1-1 -> $version-1: config kept, service restarted (pid $pid -> $(prop MainPID)), $(prop StatusText)"
     in_ctr dpkg -r zeppelin >"$tmp/out" 2>&1 || { cat "$tmp/out"; die "dpkg -r under systemd"; }
     [ "$(in_ctr systemctl is-active zeppelin || true)" = inactive ] || die "remove left the service running"
     ! in_ctr pgrep -x zeppelin >/dev/null || die "a zeppelin process survived remove"
