@@ -265,7 +265,10 @@ TOML
     grep -q '^ *Status: "registered, 0 agreements"' "$tmp/status" || { cat "$tmp/status"; die "no STATUS line in systemctl status"; }
     pass "systemctl status shows the daemon's line: $(grep '^ *Status:' "$tmp/status" | sed 's/^ *//')"
     in_ctr sh -c 'stat -c "%a %U" /var/lib/zeppelin/keystore.json' | grep -qx '600 zeppelin' || die "keystore mode/owner"
-    pass "worker $address registered; keystore.json 0600 zeppelin"
+    in_ctr stat -c '%a %U:%G' /run/zeppelin /run/zeppelin/control.sock >"$tmp/modes"
+    [ "$(tr '\n' ' ' <"$tmp/modes")" = "750 zeppelin:zeppelin 660 zeppelin:zeppelin " ] ||
+        die "runtime directory and control socket: $(tr '\n' ' ' <"$tmp/modes")"
+    pass "worker $address registered; keystore.json 0600 zeppelin; /run/zeppelin 0750, control.sock 0660 group zeppelin"
     in_ctr systemd-analyze security zeppelin.service >"$tmp/security" 2>&1 || true
     pass "systemd-analyze security (online, in the container): $(grep -o 'Overall exposure level.*' "$tmp/security")"
 
