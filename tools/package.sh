@@ -79,11 +79,24 @@ rm -rf "$root/target/assets"
 for arch in "${arches[@]}"; do
     triple=$(triple_of "$arch")
     args=(--no-build --locked "${deb_version[@]}")
-    # The ARM binaries were stripped by the release profile (debuginfo); cargo-deb's own strip
-    # would need the cross binutils.
-    [ -n "$triple" ] && args+=(--target "$triple" --no-strip)
+    strip_env=()
+    if [ -n "$triple" ]; then
+        args+=(--target "$triple")
+        # cargo-deb strips the symbols with the cross binutils (gcc-*-linux-gnu* bring them),
+        # found through STRIP_<Debian triple>; without them the release profile's
+        # debuginfo-only strip stands.
+        case "$arch" in
+            arm64) deb_triple=aarch64-linux-gnu ;;
+            armhf) deb_triple=arm-linux-gnueabihf ;;
+        esac
+        if command -v "$deb_triple-strip" >/dev/null; then
+            strip_env=("STRIP_$deb_triple=$(command -v "$deb_triple-strip")")
+        else
+            args+=(--no-strip)
+        fi
+    fi
     log "cargo deb ${args[*]}"
-    out=$(cargo deb "${args[@]}") || die "cargo deb failed for $arch"
+    out=$(env "${strip_env[@]}" cargo deb "${args[@]}") || die "cargo deb failed for $arch"
     deb=$(printf '%s\n' "$out" | tail -n1)
     [ -f "$deb" ] || die "cargo deb did not report a package file for $arch (got: $out)"
     log "$arch: $deb ($(stat -c %s "$deb") bytes)"
