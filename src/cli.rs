@@ -118,12 +118,6 @@ pub struct DevArgs {
 
 /// Runs the parsed command line. The only place that builds the async runtime.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Generate { what, dir } = &cli.command {
-        for file in crate::generate::run(*what, dir)? {
-            println!("{}", file.display());
-        }
-        return Ok(());
-    }
     crate::tls::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
@@ -149,7 +143,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pause(target) => command(&runtime, &target, Request::Pause),
         Command::Resume(target) => command(&runtime, &target, Request::Resume),
         Command::Reload(target) => command(&runtime, &target, Request::Reload),
-        Command::Generate { .. } => unreachable!("handled before the runtime is built"),
+        Command::Generate { what, dir } => {
+            for file in crate::generate::run(what, &dir)? {
+                println!("{}", file.display());
+            }
+            Ok(())
+        }
     }
 }
 
