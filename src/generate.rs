@@ -33,25 +33,34 @@ fn command() -> clap::Command {
 /// Writes `what` into `dir` (created if missing) and returns the files written, sorted.
 pub fn run(what: Artifact, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut files = Vec::new();
     match what {
         Artifact::Man => {
-            clap_mangen::generate_to(command(), dir)
+            let mut cmd = command().disable_help_subcommand(true);
+            cmd.build();
+            write_man_pages(&cmd, dir, &mut files)
                 .with_context(|| format!("writing man pages into {}", dir.display()))?;
         }
         Artifact::Completions => {
             for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-                clap_complete::generate_to(shell, &mut command(), "zeppelin", dir)
+                let file = clap_complete::generate_to(shell, &mut command(), "zeppelin", dir)
                     .with_context(|| format!("writing {shell} completions into {}", dir.display()))?;
+                files.push(file);
             }
         }
     }
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .with_context(|| format!("listing {}", dir.display()))?
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("listing {}", dir.display()))?;
     files.sort();
     Ok(files)
+}
+
+/// One page for the command and one per visible subcommand, as `clap_mangen::generate_to`
+/// does, keeping the paths.
+fn write_man_pages(cmd: &clap::Command, dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_man_pages(sub, dir, files)?;
+    }
+    files.push(clap_mangen::Man::new(cmd.clone()).generate_to(dir)?);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -80,6 +89,7 @@ mod tests {
     #[test]
     fn completions_for_three_shells_know_the_subcommands() {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("unrelated"), "").unwrap();
         let files = run(Artifact::Completions, dir.path()).unwrap();
         assert_eq!(names(&files), ["_zeppelin", "zeppelin.bash", "zeppelin.fish"]);
         for file in &files {
