@@ -56,8 +56,8 @@ inspect() {
         grep -q "^ Depends: .*adduser.*docker.io | docker-ce | docker-engine" <<<"$info" ||
             die "$deb: Depends lacks adduser or the Docker engine: $(grep Depends <<<"$info")"
         dpkg-deb --contents "$deb" >"$tmp/contents"
-        for entry in "-rwxr-xr-x root/root .* ./usr/bin/zeppelin$" \
-            "-rw-r--r-- root/root .* ./etc/zeppelin/zeppelin.toml$" \
+        for entry in "^-rwxr-xr-x 0/0 .* ./usr/bin/zeppelin$" \
+            "^-rw-r--r-- 0/0 .* ./etc/zeppelin/zeppelin.toml$" \
             " ./lib/systemd/system/zeppelin.service$\| ./usr/lib/systemd/system/zeppelin.service$" \
             " ./usr/share/man/man1/zeppelin.1.gz$" " ./usr/share/man/man1/zeppelin-daemon.1.gz$" \
             " ./usr/share/bash-completion/completions/zeppelin$" \
