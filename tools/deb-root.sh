@@ -63,6 +63,13 @@ if [ ! -f "$tarball" ]; then
     mv "$tarball.tmp" "$tarball"
     log "cached $tarball ($(stat -c %s "$tarball") bytes)"
 fi
+# Roots of older recipes are not used again.
+for old in "$cache"/debian-root-*.tar.gz; do
+    [ "$old" = "$tarball" ] || [ ! -e "$old" ] || { log "removing the outdated $old"; rm -f "$old"; }
+done
+docker image ls --format '{{.Repository}}:{{.Tag}}' zeppelin-deb-root | while read -r old; do
+    [ "$old" = "$image" ] || docker rmi "$old" >/dev/null 2>&1 || true
+done
 log "importing $tarball as $image"
 docker import --change 'CMD ["/sbin/init"]' "$tarball" "$image" >/dev/null
 echo "$image"
