@@ -51,6 +51,15 @@ pub enum Command {
     /// NAT traversal diagnostics: can the router map a port for this machine?
     #[command(subcommand)]
     Nat(NatCommand),
+    /// Write the man pages or shell completions into a directory (for packaging).
+    #[command(hide = true)]
+    Generate {
+        /// What to write.
+        #[arg(value_enum)]
+        what: crate::generate::Artifact,
+        /// The directory to write into (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// The client's commands.
@@ -259,6 +268,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pause(target) => command(&runtime, &target, Request::Pause),
         Command::Resume(target) => command(&runtime, &target, Request::Resume),
         Command::Reload(target) => command(&runtime, &target, Request::Reload),
+        Command::Generate { what, dir } => {
+            for file in crate::generate::run(what, &dir)? {
+                println!("{}", file.display());
+            }
+            Ok(())
+        }
         Command::Nat(NatCommand::Check(args)) => {
             let methods =
                 crate::config::nat_methods(&args.method).map_err(|e| anyhow::anyhow!("--method: {e}"))?;

@@ -59,6 +59,8 @@
 //! - [`host`]: what this machine offers (CPUs, memory, free disk), capped by the config.
 //! - [`dev`]: `zeppelin dev`, the local marketplace behind the README's main command, and
 //!   `DevWorker`, which the integration tests use to run real daemons.
+//! - [`generate`]: the man pages and shell completions of the Debian package, from the CLI
+//!   definition (`zeppelin generate man|completions DIR`, a hidden subcommand).
 //! - [`logging`], [`tls`] (rustls with `ring` only), [`version`].
 //!
 //! ## Architecture invariants
@@ -90,6 +92,7 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod dev;
+pub mod generate;
 pub mod host;
 pub mod identity;
 pub mod letters;

@@ -43,6 +43,8 @@ die() {
 packages=(ca-certificates curl git xz-utils file iproute2 iptables miniupnpd-iptables miniupnpc)
 # The static busybox that the container tests' images are made of (src/runtime/images.rs).
 packages+=(busybox-static)
+# The Debian packages' checks and their clean Debian 12 test root (tools/deb-test.sh).
+packages+=(lintian debootstrap)
 [ "$want_docker" = 1 ] && packages+=(docker.io)
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
@@ -87,6 +89,14 @@ for tool in anvil forge cast; do
         die "$tool from the npm package does not run"
 done
 "$here/solc" --version | grep -q '^Version: ' || die "the solc wrapper does not run"
+
+# ---------------------------------------------------------------- cargo-deb
+# Builds the .debs (tools/package.sh); pinned, installed once into ~/.cargo/bin.
+cargo_deb_version=3.8.0
+if [ "$(cargo-deb --version 2>/dev/null)" != "cargo-deb $cargo_deb_version" ]; then
+    say "installing cargo-deb $cargo_deb_version (cargo install --locked)"
+    cargo install --quiet --locked --version "$cargo_deb_version" cargo-deb
+fi
 
 # ---------------------------------------------------------------- ARM cross toolchains
 if [ "$want_cross" = 1 ]; then

@@ -86,6 +86,10 @@ step "release build x86_64" cargo build --locked --release
 if [ "$cross" = 1 ]; then
     step "release build aarch64, run under qemu" cross_release aarch64-unknown-linux-gnu "ARM aarch64"
     step "release build armv7, run under qemu" cross_release armv7-unknown-linux-gnueabihf "ARM, EABI5"
+    step "Debian packages amd64, arm64, armhf (cargo deb)" bash tools/package.sh all
+    step "Debian packages: contents, architectures, lintian, systemd-analyze" bash tools/deb-test.sh inspect
+    step "Debian packages: install, upgrade, remove, purge in Debian 12" bash tools/deb-test.sh dpkg
+    step "Debian packages: systemd as PID 1 (READY, STATUS, stop, watchdog)" bash tools/deb-test.sh systemd
 fi
 
 printf '\ntotal time: %d s\n' "$SECONDS"
