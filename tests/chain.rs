@@ -62,7 +62,7 @@ async fn a_registration_is_signed_sent_mined_and_followed_back_as_our_event() {
     let (anvil, dispatcher) = devnet().await;
     let signer = PrivateKeySigner::from(anvil.keys()[1].clone());
     let me = decode::address(signer.address());
-    let chain = AlloyChain::new(anvil.endpoint_url(), dispatcher, signer, None, Metrics::new());
+    let chain = AlloyChain::new(anvil.endpoint_url(), dispatcher, signer, None, Metrics::new()).unwrap();
 
     assert_eq!(chain.chain_id().await.unwrap(), 31337);
     assert_eq!(chain.params().await.unwrap().min_stake, ETH);
@@ -76,7 +76,7 @@ async fn a_registration_is_signed_sent_mined_and_followed_back_as_our_event() {
     // Another worker's registration is not ours to see.
     let other = PrivateKeySigner::from(anvil.keys()[2].clone());
     let other_me = decode::address(other.address());
-    let other_chain = AlloyChain::new(anvil.endpoint_url(), dispatcher, other, None, Metrics::new());
+    let other_chain = AlloyChain::new(anvil.endpoint_url(), dispatcher, other, None, Metrics::new()).unwrap();
     let later = mine(&other_chain, other_me, Intent::Register { terms: terms(), stake: ETH }).await;
     assert!(chain.events_for(me, block + 1, later).await.unwrap().is_empty());
 }
@@ -86,7 +86,7 @@ async fn a_call_that_would_revert_is_refused_before_sending_with_the_contract_er
     let (anvil, dispatcher) = devnet().await;
     let signer = PrivateKeySigner::from(anvil.keys()[1].clone());
     let me = decode::address(signer.address());
-    let chain = AlloyChain::new(anvil.endpoint_url(), dispatcher, signer, None, Metrics::new());
+    let chain = AlloyChain::new(anvil.endpoint_url(), dispatcher, signer, None, Metrics::new()).unwrap();
     mine(&chain, me, Intent::Register { terms: terms(), stake: ETH }).await;
 
     let err = chain.sign(&Intent::Register { terms: terms(), stake: ETH }, 1).await.unwrap_err();
@@ -116,7 +116,8 @@ async fn an_unreachable_node_is_an_rpc_error_naming_the_url() {
         PrivateKeySigner::random(),
         None,
         metrics.clone(),
-    );
+    )
+    .unwrap();
     let err = chain.head().await.unwrap_err().to_string();
     assert!(err.starts_with("rpc eth_getBlockByNumber at http://127.0.0.1:9/: "), "{err}");
     let text = metrics.render(&Default::default());

@@ -213,6 +213,14 @@ async fn every_refusal_says_why_and_leaves_no_image_behind() {
     let reason = refused(push(&w.addr, &w.fingerprint, auth(12, &client), &archive, |_, _| {}).await);
     assert!(reason.contains("over the agreement's disk size"), "{reason}");
 
+    // Nobody listening where the offer said.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let err = push(&closed, &w.fingerprint, auth(11, &client), &archive, |_, _| {}).await.unwrap_err();
+    assert!(
+        matches!(err, PushError::Unreachable { .. }) && err.to_string().contains("worker unreachable"),
+        "{err}"
+    );
+
     // A worker that is not the one announced: the pinned fingerprint does not match.
     let err = push(&w.addr, &"00".repeat(32), auth(11, &client), &archive, |_, _| {}).await.unwrap_err();
     assert!(matches!(err, PushError::Tls { .. }), "{err}");

@@ -70,17 +70,56 @@ async fn a_client_buys_pushes_and_reaches_its_work_which_survives_a_daemon_crash
     let key_file = dir.join("client.key");
     std::fs::write(&key_file, alloy::hex::encode(keys[5].to_bytes())).unwrap();
 
-    let output = tokio::process::Command::new(common::zeppelin())
-        .args(["client", "buy", "--rpc-url", &anvil.endpoint(), "--deployment"])
+    let buy = |extra: &[&str]| {
+        let mut command = tokio::process::Command::new(common::zeppelin());
+        command
+            .args(["client", "buy", "--rpc-url", &anvil.endpoint(), "--deployment"])
+            .arg(&deployment_file)
+            .arg("--key-file")
+            .arg(&key_file)
+            .args(["--port", "8080", "--cpus", "0.5", "--wait", "90s"])
+            .args(extra)
+            .env("XDG_CACHE_HOME", dir.join("cache"));
+        async move { command.output().await.unwrap() }
+    };
+    // Refusals first: each one says why, and buys nothing.
+    for (extra, why) in [
+        (vec!["--image", &tag, "--memory-mib", "50000000"], "no worker fits"),
+        (vec!["--image", &tag, "--max-price", "1wei"], "price too low"),
+        (vec!["--image", "zeppelin-test-no-such-image:0"], "no image"),
+        (vec!["--image", &tag, "--probe", "http:nopath"], "must start with '/'"),
+    ] {
+        let output = buy(&extra).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(why),
+            "{extra:?}: expected {why:?}, got:\n{stderr}"
+        );
+    }
+    let list = tokio::process::Command::new(common::zeppelin())
+        .args(["client", "list", "--rpc-url", &anvil.endpoint(), "--deployment"])
         .arg(&deployment_file)
         .arg("--key-file")
         .arg(&key_file)
-        .args(["--image", &tag, "--port", "8080", "--probe", "http:/index.html:200"])
-        .args(["--cpus", "0.5", "--memory-mib", "128", "--duration", "60s", "--wait", "90s"])
-        .env("XDG_CACHE_HOME", dir.join("cache"))
         .output()
         .await
         .unwrap();
+    assert!(
+        String::from_utf8_lossy(&list.stdout).starts_with("no agreements bought by"),
+        "refusals bought nothing"
+    );
+
+    let output = buy(&[
+        "--image",
+        &tag,
+        "--memory-mib",
+        "128",
+        "--duration",
+        "60s",
+        "--probe",
+        "http:/index.html:200",
+    ])
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let log_files: Vec<_> = workers.iter().map(|w| w.spec.dir.join("daemon.log")).collect();
     let logs = || {
@@ -110,6 +149,16 @@ async fn a_client_buys_pushes_and_reaches_its_work_which_survives_a_daemon_crash
         reqwest::get(format!("http://{endpoint}/index.html")).await.ok()?.text().await.ok()
     };
     assert_eq!(fetch(endpoint.clone()).await.as_deref(), Some(page.as_str()));
+    let status = tokio::process::Command::new(common::zeppelin())
+        .args(["client", "status", "1", "--rpc-url", &anvil.endpoint(), "--deployment"])
+        .arg(&deployment_file)
+        .arg("--key-file")
+        .arg(&key_file)
+        .output()
+        .await
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("agreement 1: running") && status.contains(&endpoint), "{status}");
 
     // The worker that was drawn says so, and runs the container under the agreement's limits.
     let mut worker = None;

@@ -230,7 +230,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         identity.signer().clone(),
         config.chain.max_fee_per_gas,
         metrics.clone(),
-    );
+    )?;
 
     // Listeners before READY: a client that sees the unit started can talk to it.
     let control = ControlServer::bind(&config.api.control_socket, Default::default())?;

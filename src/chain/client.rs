@@ -117,15 +117,21 @@ impl AlloyChain {
         signer: PrivateKeySigner,
         max_fee_per_gas: Option<u128>,
         metrics: Metrics,
-    ) -> Self {
+    ) -> Result<Self, ChainError> {
         // reqwest's rustls has no built-in provider (see `tls`): make sure ring is installed.
         crate::tls::install_crypto_provider();
         let url = rpc.to_string();
-        let http = reqwest::Client::builder()
-            .timeout(RPC_TIMEOUT)
-            .connect_timeout(RPC_TIMEOUT)
-            .build()
-            .expect("a client with only timeouts set always builds");
+        // Fails only when the system's CA certificates cannot be loaded (none installed).
+        let http =
+            reqwest::Client::builder().timeout(RPC_TIMEOUT).connect_timeout(RPC_TIMEOUT).build().map_err(
+                |e| ChainError::Rpc {
+                    method: "(client set-up)",
+                    url: url.clone(),
+                    message: format!(
+                        "{e} (are the system's CA certificates installed? apt install ca-certificates)"
+                    ),
+                },
+            )?;
         let is_local =
             rpc.host_str().is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]");
         let client = alloy::rpc::client::RpcClient::new(
@@ -133,7 +139,7 @@ impl AlloyChain {
             is_local,
         );
         let provider = ProviderBuilder::new().connect_client(client).erased();
-        AlloyChain { provider, url, dispatcher, signer, max_fee_per_gas, metrics }
+        Ok(AlloyChain { provider, url, dispatcher, signer, max_fee_per_gas, metrics })
     }
 
     fn rpc_err(&self, method: &'static str, e: impl std::fmt::Display) -> ChainError {
