@@ -29,16 +29,32 @@
 //!
 //! - `main.rs`: thin entry: parse the command line, set up logging, map errors to an exit code.
 //! - [`cli`]: the subcommands (`daemon`, `status`, `leave`, `pause`, `resume`, `reload`, `dev`,
-//!   `nat check`); each one parses options and calls into the library.
+//!   `client buy|status|list|cancel`, `nat check`); each one parses options and calls into the
+//!   library.
 //! - [`app`]: the daemon's wiring and its one event loop ([`app::run`]): the `Trigger` enum
 //!   (poll timer, new head over WebSocket, control command, SIGHUP, watchdog, SIGTERM), one poll
 //!   (follow confirmed blocks, rewind on reorg, settle receipts, sign decisions, **save**, then
-//!   broadcast), [`app::outbox`], the exactly-once transaction outbox, and [`app::nat`], which
-//!   starts the NAT task (its state changes are a `Trigger` too).
+//!   broadcast), [`app::outbox`], the exactly-once transaction outbox, [`app::nat`], which
+//!   starts the NAT task (its state changes are a `Trigger` too), and [`app::work`], which
+//!   carries out the core's work decisions: opens the client's hello and seals the offer,
+//!   publishes the transfer server's gate (who may push what), starts containers (then probes
+//!   them) and stops them, and re-adopts them after a restart; its reports (image loaded,
+//!   started, failed) come back as `Trigger::Work`.
+//! - [`transfer`]: the image push: the wire protocol, [`transfer::server`] (TLS, the signed
+//!   challenge, layers reused by prefix, digests checked while streaming into an `ImageSink`,
+//!   every size and silence bounded) and [`transfer::push`] (the client side);
+//!   [`transfer::archive`] reads and writes `docker save` archives.
+//! - [`letters`]: the private channel's letters (hello, offer), sealed to the recipient and
+//!   bound to their chain, dispatcher, agreement, sender and recipient.
+//! - [`client`]: `zeppelin client ...`: export the image, buy, write the hello, read the offer,
+//!   push, wait for `declareReady`; stateless (all it shows is read back from the chain).
+//! - [`probe`]: checking that work answers its probe (HTTP status and body hash, or TCP).
 //! - [`core`]: the pure state machine `Node::on_event(event) -> actions`: registration
-//!   reconciled against the operator's goal, the agreement lifecycle, intents in flight.
+//!   reconciled against the operator's goal, the agreement lifecycle, intents in flight, and
+//!   [`core::work`]: each agreement's deployment (awaiting image, loaded, started, stopped).
 //! - [`chain`]: the only module that speaks Ethereum: the `Chain` trait and `AlloyChain`,
-//!   bindings generated from `contracts/abi/`, log decoding, the deployment file.
+//!   bindings generated from `contracts/abi/`, log decoding, the deployment file, and
+//!   [`chain::market`], the client's side (choose a class, buy, letters, follow, cancel).
 //! - [`runtime`]: the only module that knows bollard: the `Runtime` trait and `DockerRuntime`
 //!   (unix socket; containers named and labelled by scope and agreement, each on its own bridge
 //!   network with the agreement's CPU, memory without swap and pids limits, no capabilities, no
@@ -78,7 +94,12 @@
 //!   an intent in flight until the follower has processed the block that mined it.
 //! - **The daemon asks only about itself.** Logs are filtered on its own address in an indexed
 //!   topic; nothing scans the market, so the cost per block does not grow with it.
-//! - **One event loop.** Every trigger of work is a `Trigger` in `app::run`'s `select!`.
+//! - **One event loop.** Every trigger of work is a `Trigger` in `app::run`'s `select!`; the
+//!   transfer server and container starts run as tasks that report back into it.
+//! - **A container runs only for an agreement the core says is running**: started on the
+//!   core's `Action::Start` after the pushed image matched the digest committed on chain, and
+//!   stopped on `Action::Stop` when the agreement is over; the transfer server accepts pushes
+//!   only for what the core's gate lists.
 //! - Only `cli::run` builds the async runtime; library code is `async` and runtime-agnostic.
 //! - No TLS provider but `ring`: `cargo tree -i aws-lc-sys` stays empty (CI checks it), because
 //!   aws-lc-rs does not cross-build for armv7.

@@ -1,6 +1,6 @@
 //! The worker's side of agreements' work, around the core's decisions: reading the client's
 //! hello and sealing our offer, the transfer server's gate, and starting and stopping
-//! containers. The core decides *what* ([`Action::Start`], [`Action::Stop`], the offer and
+//! containers. The core decides *what* ([`Action::Start`](crate::core::Action::Start), [`Action::Stop`](crate::core::Action::Stop), the offer and
 //! `declareReady` intents); this carries it out and reports back as [`WorkEvent`]s through the
 //! event loop.
 use std::net::{IpAddr, SocketAddr};

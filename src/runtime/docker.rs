@@ -119,6 +119,16 @@ impl DockerRuntime {
         Ok(out)
     }
 
+    /// The image ID (`sha256:...`) of a local image named by tag or ID; `None` if there is none.
+    pub async fn image_id(&self, reference: &str) -> Result<Option<String>, RuntimeError> {
+        let docker = self.client().await?;
+        match docker.inspect_image(reference).await {
+            Ok(image) => Ok(image.id),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(self.err(format!("looking up image {reference}"), e)),
+        }
+    }
+
     /// `docker save` of one image (by ID or tag), streamed as the engine writes it: the engine's
     /// own archive format (Docker 20.10: the legacy `<id>/layer.tar` layout; 25 and later add the
     /// OCI layout), which [`Runtime::load_image`] takes back.
