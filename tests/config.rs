@@ -37,6 +37,11 @@ fn shipped_default_loads_with_the_documented_defaults() {
     assert_eq!(c.nat.mode, zeppelin::config::NatMode::Auto);
     assert_eq!((c.nat.lease, c.nat.refresh), (Duration::from_secs(3600), Duration::from_secs(60)));
     assert_eq!(c.nat.ports, [7070]);
+    assert_eq!(c.work.transfer_listen, "0.0.0.0:7070".parse().unwrap());
+    assert_eq!((c.work.announce_host.as_deref(), c.work.ports), (None, (7100, 7163)));
+    assert_eq!(c.work.publish_ip, "0.0.0.0".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(c.work.docker_socket, Path::new("/var/run/docker.sock"));
+    assert_eq!((c.work.pids_limit, c.work.tmp_mib), (256, 64));
 
     // Uncommenting a documented default changes nothing.
     let text = std::fs::read_to_string(&path).unwrap();
@@ -55,6 +60,11 @@ fn shipped_default_loads_with_the_documented_defaults() {
         "#lease = ",
         "#refresh = ",
         "#ports = ",
+        "#transfer_listen = ",
+        "#publish_ip = ",
+        "#docker_socket = ",
+        "#pids_limit = ",
+        "#tmp_size = ",
     ];
     let mut uncommented = text.clone();
     for d in defaults {
