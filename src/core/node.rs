@@ -655,6 +655,7 @@ impl Node {
             self.agreements.values().filter(|a| !a.stage.is_open()).map(|a| a.id).collect();
         for id in closed.iter().take(closed.len().saturating_sub(KEEP_CLOSED)) {
             self.agreements.remove(id);
+            self.pending_offers.remove(id);
         }
     }
 
@@ -702,13 +703,13 @@ impl Node {
                 Stage::Terminated { .. } | Stage::Finished | Stage::Cancelled | Stage::Aborted => true,
                 Stage::Created { .. } | Stage::Accepted { .. } => false,
             };
+            // Whatever the phase, the shell releases what the deployment holds (a container, a
+            // port mapping on the router); stopping is idempotent there.
             if let Some(d) = a.deployment.as_mut()
                 && over
-                && matches!(d.phase, Phase::AwaitingImage | Phase::Loaded | Phase::Started)
+                && d.phase != Phase::Stopped
             {
-                if d.phase != Phase::AwaitingImage {
-                    actions.push(Action::Stop(a.id));
-                }
+                actions.push(Action::Stop(a.id));
                 d.phase = Phase::Stopped;
             }
         }
@@ -1138,5 +1139,121 @@ mod tests {
         let out_b: Vec<_> = events.into_iter().flat_map(|e| b.on_event(e)).collect();
         assert_eq!(out_a, out_b);
         assert_eq!(a, b);
+    }
+
+    fn hello(id: AgreementId, host_port: u16) -> Event {
+        Event::Work(WorkEvent::Hello {
+            id,
+            client_key: [9; 32],
+            container_port: 8080,
+            host_port,
+            probe: crate::core::work::Probe::Tcp,
+            offer: vec![1, 2, 3],
+        })
+    }
+
+    fn phase(node: &Node, id: AgreementId) -> Option<Phase> {
+        node.agreement(id)?.deployment.as_ref().map(|d| d.phase.clone())
+    }
+
+    #[test]
+    fn a_hello_is_answered_with_one_offer_until_the_offer_is_seen_on_chain() {
+        let mut node = registered();
+        node.on_event(created(1, ME, 60));
+        let actions = node.on_event(hello(1, 7100));
+        let offer = Intent::Offer { id: 1, to: CLIENT, ciphertext: vec![1, 2, 3] };
+        assert!(sends(&actions).contains(&offer), "{actions:?}");
+        assert_eq!(phase(&node, 1), Some(Phase::AwaitingImage));
+        assert_eq!(node.ports_in_use().collect::<Vec<_>>(), vec![7100]);
+        // A second hello (a replay) changes nothing; the offer stays in flight.
+        assert!(!sends(&node.on_event(hello(1, 7101))).contains(&offer));
+        node.on_event(Event::TxMined { key: "offer:1".into(), block: 2, success: true });
+        node.on_event(Event::Chain(ChainEvent::MessageSent {
+            id: 1,
+            from: ME,
+            to: CLIENT,
+            ciphertext: vec![],
+        }));
+        let later = node.on_event(Event::Synced { block: 2, timestamp: 20, at_head: true });
+        assert!(!sends(&later).iter().any(|i| matches!(i, Intent::Offer { .. })), "{later:?}");
+    }
+
+    #[test]
+    fn a_hello_for_someone_elses_or_a_running_agreement_is_ignored() {
+        let mut node = registered();
+        node.on_event(created(1, OTHER, 60));
+        node.on_event(hello(1, 7100));
+        assert_eq!(node.agreement(1), None);
+        node.on_event(created(2, ME, 60));
+        node.on_event(Event::Chain(ChainEvent::AgreementStarted { id: 2, started_at: 10, epochs: 3 }));
+        node.on_event(hello(2, 7100));
+        assert_eq!(phase(&node, 2), None);
+    }
+
+    #[test]
+    fn a_loaded_image_starts_the_container_and_a_started_one_is_declared_ready_once() {
+        let mut node = registered();
+        node.on_event(created(1, ME, 60));
+        node.on_event(hello(1, 7100));
+        node.on_event(Event::Chain(ChainEvent::AgreementAccepted { id: 1, ready_deadline: 300 }));
+        let actions = node.on_event(Event::Work(WorkEvent::ImageLoaded { id: 1 }));
+        assert!(actions.contains(&Action::Start(1)), "{actions:?}");
+        // The same image loaded twice starts nothing twice.
+        assert!(!node.on_event(Event::Work(WorkEvent::ImageLoaded { id: 1 })).contains(&Action::Start(1)));
+        let actions = node.on_event(Event::Work(WorkEvent::Started { id: 1 }));
+        assert!(sends(&actions).contains(&Intent::DeclareReady(1)), "{actions:?}");
+        assert_eq!(node.should_run().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn work_that_fails_to_start_is_stopped_and_never_declared_ready() {
+        let mut node = registered();
+        node.on_event(created(1, ME, 60));
+        node.on_event(hello(1, 7100));
+        node.on_event(Event::Chain(ChainEvent::AgreementAccepted { id: 1, ready_deadline: 300 }));
+        node.on_event(Event::Work(WorkEvent::ImageLoaded { id: 1 }));
+        let actions = node.on_event(Event::Work(WorkEvent::Failed { id: 1, reason: "no probe".into() }));
+        assert!(actions.contains(&Action::Stop(1)));
+        assert!(!sends(&actions).contains(&Intent::DeclareReady(1)));
+        assert!(node.last_error().unwrap().contains("no probe"));
+        // The ready window passes: the agreement is aborted, as for a client that never pushed.
+        let late = node.on_event(Event::Synced { block: 9, timestamp: 300, at_head: true });
+        assert!(sends(&late).contains(&Intent::Abort(1)), "{late:?}");
+    }
+
+    #[test]
+    fn the_container_stops_when_the_agreement_is_over_and_its_port_is_free_again() {
+        let mut node = registered();
+        node.on_event(created(1, ME, 60));
+        node.on_event(hello(1, 7100));
+        node.on_event(Event::Chain(ChainEvent::AgreementAccepted { id: 1, ready_deadline: 300 }));
+        node.on_event(Event::Work(WorkEvent::ImageLoaded { id: 1 }));
+        node.on_event(Event::Work(WorkEvent::Started { id: 1 }));
+        node.on_event(Event::Chain(ChainEvent::AgreementStarted { id: 1, started_at: 100, epochs: 3 }));
+        // Three 30 s epochs from 100: still running at 189, over at 190.
+        assert!(
+            !node
+                .on_event(Event::Synced { block: 5, timestamp: 189, at_head: true })
+                .contains(&Action::Stop(1))
+        );
+        let over = node.on_event(Event::Synced { block: 6, timestamp: 190, at_head: true });
+        assert!(over.contains(&Action::Stop(1)), "{over:?}");
+        assert!(
+            !node
+                .on_event(Event::Synced { block: 7, timestamp: 200, at_head: true })
+                .contains(&Action::Stop(1))
+        );
+        assert_eq!(node.ports_in_use().count(), 0);
+        assert_eq!(node.should_run().count(), 0);
+    }
+
+    #[test]
+    fn an_image_never_pushed_releases_its_port_when_the_agreement_closes() {
+        let mut node = registered();
+        node.on_event(created(1, ME, 60));
+        node.on_event(hello(1, 7100));
+        let closed = node.on_event(Event::Chain(ChainEvent::AgreementAborted { id: 1 }));
+        assert!(closed.contains(&Action::Stop(1)), "{closed:?}");
+        assert_eq!(node.ports_in_use().count(), 0);
     }
 }
