@@ -202,7 +202,7 @@ impl Market {
             imageDigest: B256::from(image),
             probeSpecHash: B256::from(probe),
         };
-        let receipt = d
+        let call = d
             .buyContract(
                 self.requirements(wants, choice.class),
                 duration,
@@ -210,7 +210,12 @@ impl Market {
                 verifiers,
                 work,
             )
-            .value(escrow)
+            .value(escrow);
+        // The draw depends on the block's randomness: the mined block may take a longer path
+        // than the estimate's (contracts/README.md), so send it with the estimate plus 25%.
+        let estimate = call.estimate_gas().await.map_err(|e| self.revert("buyContract", e))?;
+        let receipt = call
+            .gas(estimate + estimate / 4 + 20_000)
             .send()
             .await
             .map_err(|e| self.revert("buyContract", e))?
@@ -220,7 +225,11 @@ impl Market {
         if !receipt.status() {
             return Err(MarketError::Reverted {
                 action: "buyContract".into(),
-                reason: "reverted on chain".into(),
+                reason: format!(
+                    "reverted on chain (gas used {} of {}): the market changed since the estimate; try again",
+                    receipt.gas_used,
+                    estimate + estimate / 4 + 20_000
+                ),
             });
         }
         let created = receipt
