@@ -43,7 +43,8 @@ pub enum Command {
     /// Re-read the config file (as SIGHUP or `systemctl reload zeppelin` do).
     Reload(SocketArgs),
     /// Run a complete local marketplace on this machine: a local chain with the protocol
-    /// contracts deployed (worker daemons and a client join it as those capabilities land).
+    /// contracts deployed, worker daemons registering, and a client buying time on one of them
+    /// for a small web server image, pushing it and fetching its page.
     Dev(DevArgs),
     /// Buy time on a worker and run an image there; follow or cancel what you bought.
     #[command(subcommand)]
