@@ -704,7 +704,13 @@ impl<M: PortMapper + 'static> NatService<M> {
         let reachable = public
             && match &manual {
                 Some(_) => true,
-                None => self.current.is_some() && mappings.iter().all(|m| m.state == "mapped"),
+                // Nothing wanted yet (the first ports are still in the command queue) is not
+                // "reachable": there is nothing to reach.
+                None => {
+                    self.current.is_some()
+                        && !mappings.is_empty()
+                        && mappings.iter().all(|m| m.state == "mapped")
+                }
             };
         let status = NatStatus {
             mode: self.config.mode.clone(),
