@@ -472,8 +472,19 @@ fn the_daemon_maps_its_port_reports_it_in_status_and_removes_it_at_shutdown() {
     let s = wait_status(&socket, "a reachable worker", secs(30), |s| s["nat"]["reachable"] == true);
     let nat = &s["nat"];
     assert_eq!((nat["mode"].as_str(), nat["method"].as_str()), (Some("auto"), Some("UPnP IGD")), "{nat}");
-    assert_eq!(nat["mappings"][0]["external"], external.as_str(), "{nat}");
-    assert_eq!(nat["mappings"][0]["label"], "transfer", "{nat}");
+    // Its transfer server's own port (7070) is mapped too; find the configured one.
+    let mapping =
+        nat["mappings"].as_array().unwrap().iter().find(|m| m["internal_port"] == port).expect("mapped");
+    assert_eq!(mapping["external"], external.as_str(), "{nat}");
+    assert_eq!(mapping["label"], "transfer", "{nat}");
+    assert!(
+        nat["mappings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["internal_port"] == 7070 && m["state"] == "mapped"),
+        "the transfer server's port is mapped: {nat}"
+    );
     assert!(rig.reach_from_wan(&external).is_some(), "{external} unreachable from the WAN");
     let human = run(Command::new(BIN).args(["status", "--socket"]).arg(&socket));
     let human = String::from_utf8_lossy(&human.stdout);
