@@ -221,8 +221,12 @@ async fn server(rt: &DockerRuntime) -> Result<Server> {
     let cert = TransferCert::generate()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
-    let (gate, gate_rx) =
-        watch::channel(Gate { chain_id: 1, dispatcher: DISPATCHER, open: Default::default() });
+    let (gate, gate_rx) = watch::channel(Gate {
+        chain_id: 1,
+        dispatcher: DISPATCHER,
+        open: Default::default(),
+        running: Default::default(),
+    });
     let (tx, delivered) = mpsc::channel(8);
     let cancel = CancellationToken::new();
     tokio::spawn(serve(
@@ -230,6 +234,7 @@ async fn server(rt: &DockerRuntime) -> Result<Server> {
         cert.server_config()?,
         gate_rx,
         Arc::new(rt.clone()),
+        Arc::new(zeppelin::transfer::server::NoHealth),
         tx,
         Default::default(),
         cancel.clone(),

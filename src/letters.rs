@@ -6,6 +6,10 @@
 //!   the probe, whose hash it committed to on chain.
 //! - The worker's **offer** to the client: where to push the image (transfer endpoint), the
 //!   transfer certificate's fingerprint to pin, and where the work will be reachable.
+//! - The worker's **watch** letter to each verifier: where the work answers, the client's probe
+//!   (the verifier checks it against the client's on-chain commitment, so the worker cannot
+//!   weaken it), and where to ask for the signed health report (transfer endpoint and
+//!   certificate fingerprint).
 //!
 //! Every letter carries its context (chain, dispatcher, agreement, sender, recipient) inside the
 //! sealed box, and the reader checks it against the log that carried it: a ciphertext copied
@@ -33,6 +37,7 @@ pub struct Context {
 pub enum Body {
     Hello(Hello),
     Offer(Offer),
+    Watch(crate::core::work::WatchSpec),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -114,6 +114,7 @@ pub mod config;
 pub mod core;
 pub mod dev;
 pub mod generate;
+pub mod health;
 pub mod host;
 pub mod identity;
 pub mod letters;

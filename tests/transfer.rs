@@ -43,8 +43,12 @@ async fn worker(runtime: &DockerRuntime, limits: Limits) -> Worker {
     let cert = TransferCert::generate().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let (gate, gate_rx) =
-        watch::channel(Gate { chain_id: CHAIN, dispatcher: DISPATCHER, open: Default::default() });
+    let (gate, gate_rx) = watch::channel(Gate {
+        chain_id: CHAIN,
+        dispatcher: DISPATCHER,
+        open: Default::default(),
+        running: Default::default(),
+    });
     let (tx, delivered) = mpsc::channel(8);
     let cancel = CancellationToken::new();
     tokio::spawn(serve(
@@ -52,6 +56,7 @@ async fn worker(runtime: &DockerRuntime, limits: Limits) -> Worker {
         cert.server_config().unwrap(),
         gate_rx,
         Arc::new(runtime.clone()),
+        Arc::new(zeppelin::transfer::server::NoHealth),
         tx,
         limits,
         cancel.clone(),

@@ -13,6 +13,7 @@
 //! [`outbox`]).
 pub mod nat;
 pub mod outbox;
+pub mod verify;
 pub mod work;
 
 use std::collections::VecDeque;
@@ -129,6 +130,20 @@ struct Daemon<C, S> {
     work_actions: Vec<Action>,
     /// Whether the containers found at start-up were reconciled with the state.
     reconciled: bool,
+    /// Our side as a verifier of others' work.
+    verifier: verify::Verifier,
+    /// The secret our probe moments are drawn from.
+    probe_seed: [u8; 32],
+}
+
+/// The secret a verifier's probe moments are drawn from: derived from its key, so it is the
+/// same after a restart and unknown to the workers it verifies.
+fn probe_seed(identity: &Identity) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"zeppelin: verifier probe moments\n");
+    h.update(identity.signer().to_bytes());
+    h.finalize().into()
 }
 
 /// Unix seconds now.
@@ -195,6 +210,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
             let mut s = s;
             if let Some(node) = s.node.as_mut() {
                 node.resume();
+                node.set_probe_seed(probe_seed(&identity));
             }
             info!(
                 block = s.cursor.map(|c| c.number),
@@ -265,6 +281,13 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     // The work: the Docker engine, the transfer server, and what connects them to the loop.
     let (work_tx, mut work_rx) = mpsc::channel::<WorkEvent>(64);
     let (delivered_tx, mut delivered_rx) = mpsc::channel(16);
+    let verifier = verify::Verifier {
+        identity: identity.clone(),
+        chain_id: deployment.chain_id,
+        dispatcher: decode::address(deployment.dispatcher),
+        me,
+        events: work_tx.clone(),
+    };
     let work =
         start_work(&config, &identity, &deployment, me, nat_handle, work_tx, delivered_tx, &tracker, &cancel)
             .await
@@ -292,6 +315,8 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         work: Some(work),
         work_actions: Vec::new(),
         reconciled: false,
+        verifier,
+        probe_seed: probe_seed(&identity),
     };
     // The config may have changed while the daemon was stopped.
     daemon.apply_config_goal();
@@ -448,6 +473,7 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             );
             let params = self.chain.params().await?;
             let mut node = Node::new(self.me, params, self.goal());
+            node.set_probe_seed(self.probe_seed);
             node.set_payout(self.config.worker.payout_address.map(decode::address));
             // Following starts at the deployment block: before it, nobody is registered.
             node.on_event(Event::RegistrationRead(Registration::NotRegistered));
@@ -488,16 +514,42 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             } else {
                 Some(self.chain.stake_and_credits(self.me, to).await?)
             };
+            // Letters to us: what reading them needs from the chain (the client's commitment;
+            // where we are the worker, the verifiers' keys to seal our watch letters to).
+            let mut letter_reads = std::collections::BTreeMap::new();
+            for event in &chain_events {
+                if let ChainEvent::MessageSent { id, to, .. } = event
+                    && *to == self.me
+                    && !letter_reads.contains_key(id)
+                {
+                    let committed = self.chain.commitment(*id, self.deployment.deploy_block).await?;
+                    let mut keys = Vec::new();
+                    for verifier in self.chain.verifiers(*id).await? {
+                        keys.push((verifier, self.chain.encryption_key(verifier).await?));
+                    }
+                    letter_reads.insert(*id, (committed, keys));
+                }
+            }
             let node = self.snapshot.node.as_mut().expect("set above");
             for event in &chain_events {
                 debug!(?event, "chain event");
                 self.snapshot.queued.extend(node.on_event(Event::Chain(event.clone())));
                 if let ChainEvent::MessageSent { id, from, to, ciphertext } = event
                     && *to == self.me
-                    && let Some(work) = &self.work
-                    && let Some(hello) = work.letter(node, *id, *from, ciphertext)
+                    && let Some((committed, keys)) = letter_reads.get(id)
                 {
-                    self.snapshot.queued.extend(node.on_event(Event::Work(hello)));
+                    let read = match node.agreement(*id).map(|a| a.role) {
+                        Some(Role::Worker) => {
+                            self.work.as_ref().and_then(|w| w.letter(node, *id, *from, ciphertext, keys))
+                        }
+                        Some(Role::Verifier) => {
+                            self.verifier.letter(node, *id, *from, ciphertext, *committed)
+                        }
+                        None => None,
+                    };
+                    if let Some(event) = read {
+                        self.snapshot.queued.extend(node.on_event(Event::Work(event)));
+                    }
                 }
             }
             if let Some((stake, credits)) = balances {
@@ -671,6 +723,7 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             match action {
                 Action::Start(id) => work.start(node, id),
                 Action::Stop(id) => work.stop(node, id),
+                Action::Probe { id, epoch } => self.verifier.probe(node, id, epoch),
                 Action::Send(_) => {}
             }
         }
@@ -684,7 +737,7 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
             WorkEvent::Failed { id, reason } => warn!(agreement = id, "work failed: {reason}"),
             WorkEvent::ImageLoaded { id } => info!(agreement = id, "image received and loaded"),
             WorkEvent::Started { id } => info!(agreement = id, "work started and answering its probe"),
-            WorkEvent::Hello { .. } => {}
+            WorkEvent::Hello { .. } | WorkEvent::Watch { .. } | WorkEvent::Probed { .. } => {}
         }
         self.snapshot.queued.extend(node.on_event(Event::Work(event)));
         self.take_work_actions();
@@ -697,6 +750,7 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
                 match action {
                     Action::Start(id) => work.start(node, id),
                     Action::Stop(id) => work.stop(node, id),
+                    Action::Probe { id, epoch } => self.verifier.probe(node, id, epoch),
                     Action::Send(_) => {}
                 }
             }
@@ -898,13 +952,7 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
                 },
                 client: a.client.to_string(),
                 worker: a.worker.to_string(),
-                work: a.deployment.as_ref().map(|d| match &d.phase {
-                    Phase::AwaitingImage => "awaiting the image".to_owned(),
-                    Phase::Loaded => format!("image loaded, starting on port {}", d.host_port),
-                    Phase::Started => format!("running on port {}", d.host_port),
-                    Phase::Failed { reason } => format!("failed: {reason}"),
-                    Phase::Stopped => "stopped".to_owned(),
-                }),
+                work: describe_work(a),
             })
             .collect();
         // A worker that cannot pay its stake says so plainly, rather than failing estimates.
@@ -935,6 +983,38 @@ impl<C: Chain, S: Store<Snapshot>> Daemon<C, S> {
 
 /// The label of this worker's containers on this deployment: another daemon (or devnet) on the
 /// same engine never adopts or removes them.
+/// The WORK column of `zeppelin status`: where the work stands on this worker and how the
+/// verifiers judged its epochs; for a verifier, what it last saw and what it reported.
+fn describe_work(a: &crate::core::node::AgreementView) -> Option<String> {
+    let judged = |reports: &std::collections::BTreeMap<u64, (u8, u8)>| {
+        let served = reports.values().filter(|(ok, bad)| ok > bad).count();
+        let failed = reports.values().filter(|(ok, bad)| bad > ok).count();
+        (served + failed > 0).then(|| format!("epochs judged: {served} served, {failed} failed"))
+    };
+    if let Some(v) = &a.verification {
+        let mut text = match (&v.spec, &v.last) {
+            (None, _) => "waiting for the worker's watch letter".to_owned(),
+            (Some(_), None) => "watching; no probe yet".to_owned(),
+            (Some(_), Some((epoch, ok, detail))) => {
+                format!("epoch {epoch} {}: {detail}", if *ok { "served" } else { "failed" })
+            }
+        };
+        text.push_str(&format!("; {} reports on chain", v.reported));
+        return Some(text);
+    }
+    let phase = a.deployment.as_ref().map(|d| match &d.phase {
+        Phase::AwaitingImage => "awaiting the image".to_owned(),
+        Phase::Loaded => format!("image loaded, starting on port {}", d.host_port),
+        Phase::Started => format!("running on port {}", d.host_port),
+        Phase::Failed { reason } => format!("failed: {reason}"),
+        Phase::Stopped => "stopped".to_owned(),
+    });
+    match (phase, judged(&a.reports)) {
+        (Some(p), Some(j)) => Some(format!("{p}; {j}")),
+        (p, j) => p.or(j),
+    }
+}
+
 pub fn work_scope(deployment: &Deployment, worker: Address) -> String {
     format!(
         "{}-{}-{}",
@@ -988,6 +1068,13 @@ async fn start_work(
         cert.server_config()?,
         gate_rx,
         runtime.clone(),
+        Arc::new(work::WorkerHealth {
+            runtime: runtime.clone(),
+            scope: work_scope(deployment, me),
+            signer: identity.signer().clone(),
+            chain_id: deployment.chain_id,
+            dispatcher: decode::address(deployment.dispatcher),
+        }),
         delivered,
         Default::default(),
         cancel.clone(),

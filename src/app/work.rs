@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::config::WorkConfig;
 use crate::core::node::{AgreementView, Node, Role, Stage};
 use crate::core::types::{Address, AgreementId};
-use crate::core::work::{Phase, Probe, WorkEvent};
+use crate::core::work::{Phase, Probe, WatchSpec, WorkEvent};
 use crate::identity::Identity;
 use crate::letters::{self, Body, Context, Offer};
 use crate::nat::{NatHandle, Transport};
@@ -47,12 +47,15 @@ pub struct Work {
 impl Work {
     /// A letter relayed to us: a client's hello becomes a [`WorkEvent::Hello`] with our sealed
     /// offer; anything else is logged and dropped (a broken or hostile letter changes nothing).
+    /// `verifiers`: the agreement's verifiers with their registered keys (read from the chain),
+    /// to whom our watch letters are sealed.
     pub fn letter(
         &self,
         node: &Node,
         id: AgreementId,
         from: Address,
         ciphertext: &[u8],
+        verifiers: &[(Address, [u8; 32])],
     ) -> Option<WorkEvent> {
         let ctx = Context {
             chain_id: self.chain_id,
@@ -97,13 +100,25 @@ impl Work {
         // Mapped on the router now; the router grants the same external port (asked for).
         self.nat.want(Transport::Tcp, host_port, format!("agreement {id}"));
         let (transfer, host) = self.endpoints();
+        let work = format!("{host}:{host_port}");
         let offer =
-            Offer { transfer, fingerprint: self.fingerprint.clone(), work: format!("{host}:{host_port}") };
+            Offer { transfer: transfer.clone(), fingerprint: self.fingerprint.clone(), work: work.clone() };
         let back = Context { from: self.me, to: from, ..ctx };
         let sealed = match letters::seal(&back, Body::Offer(offer), &client_key) {
             Ok(s) => s,
             Err(e) => return refuse(e.to_string()),
         };
+        // The verifiers probe what the client reaches, with the client's own probe.
+        let spec =
+            WatchSpec { work, probe: hello.probe.clone(), transfer, fingerprint: self.fingerprint.clone() };
+        let mut watches = Vec::new();
+        for (verifier, key) in verifiers {
+            let to = Context { from: self.me, to: *verifier, ..ctx };
+            match letters::seal(&to, Body::Watch(spec.clone()), key) {
+                Ok(sealed) => watches.push((*verifier, sealed)),
+                Err(e) => warn!(agreement = id, %verifier, "no watch letter for this verifier: {e}"),
+            }
+        }
         info!(agreement = id, host_port, "client's hello read; offering our endpoint");
         Some(WorkEvent::Hello {
             id,
@@ -112,6 +127,7 @@ impl Work {
             host_port,
             probe: hello.probe,
             offer: sealed,
+            watches,
         })
     }
 
@@ -155,8 +171,18 @@ impl Work {
                 ))
             })
             .collect();
+        let running = node
+            .agreements()
+            .filter(|a| {
+                a.role == Role::Worker
+                    && a.deployment
+                        .as_ref()
+                        .is_some_and(|d| matches!(d.phase, Phase::Loaded | Phase::Started))
+            })
+            .map(|a| a.id)
+            .collect();
         self.gate.send_if_modified(|gate| {
-            let new = Gate { chain_id: self.chain_id, dispatcher: self.dispatcher, open };
+            let new = Gate { chain_id: self.chain_id, dispatcher: self.dispatcher, open, running };
             let changed = *gate != new;
             *gate = new;
             changed
@@ -268,4 +294,23 @@ pub fn default_route_ip() -> Option<IpAddr> {
     let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
     socket.connect("192.0.2.1:9").ok()?;
     socket.local_addr().ok().map(|a| a.ip())
+}
+
+/// The signed health reports verifiers ask the transfer server for.
+pub struct WorkerHealth {
+    pub runtime: Arc<DockerRuntime>,
+    pub scope: String,
+    pub signer: alloy::signers::local::PrivateKeySigner,
+    pub chain_id: u64,
+    pub dispatcher: Address,
+}
+
+impl crate::transfer::HealthSource for WorkerHealth {
+    async fn health(&self, agreement: AgreementId, nonce: String) -> Result<crate::transfer::Frame, String> {
+        let state = self.runtime.state(&self.scope, agreement).await.map_err(|e| e.to_string())?;
+        let binding =
+            crate::health::Binding { chain_id: self.chain_id, dispatcher: self.dispatcher, agreement, nonce };
+        let report = crate::health::HealthReport::new(&binding, state.as_ref(), super::unix_now());
+        crate::health::sign(&report, &self.signer)
+    }
 }

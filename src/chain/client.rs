@@ -21,7 +21,7 @@ use super::bindings::WorkerDispatcher::{self, WorkerDispatcherErrors};
 use super::decode;
 use crate::api::Metrics;
 use crate::core::node::{ChainEvent, Intent, ProtocolParams};
-use crate::core::types::{Address, Wei};
+use crate::core::types::{Address, AgreementId, Wei};
 
 /// The longest one RPC request may take.
 pub const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -95,6 +95,17 @@ pub trait Chain {
     /// Broadcasts; a node that already has the transaction is not an error.
     fn broadcast(&self, tx: &SignedTx) -> impl Future<Output = Result<(), ChainError>> + Send;
     fn receipt(&self, hash: [u8; 32]) -> impl Future<Output = Result<Option<Receipt>, ChainError>> + Send;
+    /// The verifiers drawn for agreement `id`.
+    fn verifiers(&self, id: AgreementId) -> impl Future<Output = Result<Vec<Address>, ChainError>> + Send;
+    /// The X25519 key `who` registered (our letters to it are sealed to this).
+    fn encryption_key(&self, who: Address) -> impl Future<Output = Result<[u8; 32], ChainError>> + Send;
+    /// What the client of agreement `id` committed to (from its `AgreementCreated` log, searched
+    /// from block `from`); `None` if there is no such agreement.
+    fn commitment(
+        &self,
+        id: AgreementId,
+        from: u64,
+    ) -> impl Future<Output = Result<Option<crate::core::work::Work>, ChainError>> + Send;
 }
 
 /// [`Chain`] over alloy's HTTP provider, signing with the worker's key.
@@ -197,6 +208,24 @@ impl AlloyChain {
                 U256::ZERO,
             ),
             Intent::DeclareReady(i) => (W::declareReadyCall { id: id(i) }.abi_encode(), U256::ZERO),
+            Intent::Watch { id: i, to, ciphertext } => (
+                W::sendMessageCall {
+                    id: id(i),
+                    to: decode::eth_address(*to),
+                    ciphertext: ciphertext.clone().into(),
+                }
+                .abi_encode(),
+                U256::ZERO,
+            ),
+            Intent::Verify { id: i, epoch, ok } => (
+                W::provideVerificationCall { id: id(i), epoch: U256::from(*epoch), ok: *ok }.abi_encode(),
+                U256::ZERO,
+            ),
+            Intent::Terminate { id: i, first_failed_epoch } => (
+                W::terminateAgreementCall { id: id(i), firstFailedEpoch: U256::from(*first_failed_epoch) }
+                    .abi_encode(),
+                U256::ZERO,
+            ),
             Intent::Forward { .. } => unreachable!("a transfer, not a dispatcher call"),
         }
     }
@@ -379,6 +408,48 @@ impl Chain for AlloyChain {
             .map_err(|e| self.rpc_err("eth_getTransactionReceipt", e))?;
         Ok(receipt.and_then(|r| {
             Some(Receipt { block: r.block_number?, success: r.status(), gas_used: r.gas_used })
+        }))
+    }
+
+    async fn verifiers(&self, id: AgreementId) -> Result<Vec<Address>, ChainError> {
+        self.count("eth_call");
+        let v = self
+            .call()
+            .verifiersOf(U256::from(id))
+            .call()
+            .await
+            .map_err(|e| self.rpc_err("eth_call verifiersOf", e))?;
+        Ok(v.accounts.into_iter().map(decode::address).collect())
+    }
+
+    async fn encryption_key(&self, who: Address) -> Result<[u8; 32], ChainError> {
+        self.count("eth_call");
+        let worker = self
+            .call()
+            .getWorker(decode::eth_address(who))
+            .call()
+            .await
+            .map_err(|e| self.rpc_err("eth_call getWorker", e))?;
+        Ok(worker.encryptionKey.0)
+    }
+
+    async fn commitment(
+        &self,
+        id: AgreementId,
+        from: u64,
+    ) -> Result<Option<crate::core::work::Work>, ChainError> {
+        use alloy::sol_types::SolEvent;
+        let filter = Filter::new()
+            .address(self.dispatcher)
+            .event_signature(WorkerDispatcher::AgreementCreated::SIGNATURE_HASH)
+            .topic1(B256::from(U256::from(id)))
+            .from_block(from)
+            .to_block(BlockNumberOrTag::Latest);
+        self.count("eth_getLogs");
+        let logs = self.provider.get_logs(&filter).await.map_err(|e| self.rpc_err("eth_getLogs", e))?;
+        Ok(logs.iter().find_map(|l| match decode::chain_event(&l.inner)? {
+            ChainEvent::AgreementCreated { work, .. } => Some(work),
+            _ => None,
         }))
     }
 }

@@ -64,6 +64,7 @@ pub fn params(p: &WorkerDispatcher::Params) -> ProtocolParams {
         ready_window: p.readyWindow.into(),
         epoch_length: p.epochLength.into(),
         report_grace: p.reportGrace.into(),
+        max_consecutive_failures: p.maxConsecutiveFailures.into(),
     }
 }
 
@@ -131,8 +132,18 @@ pub fn chain_event(log: &alloy::primitives::Log) -> Option<ChainEvent> {
         Ev::Withdrawn(e) => ChainEvent::Withdrawn { amount: wei(e.amount) },
         Ev::VerifierPaid(e) => ChainEvent::VerifierPaid { id: id(e.id) },
         Ev::StakeSlashed(_) => ChainEvent::BalancesMoved,
-        // Verification and the private channel land with their own issues.
-        Ev::VerificationProvided(_) | Ev::VerificationScheduled(_) => return None,
+        Ev::VerificationProvided(e) => ChainEvent::VerificationProvided {
+            id: id(e.id),
+            verifier: address(e.verifier),
+            epoch: secs(e.epoch),
+            ok: e.ok,
+        },
+        // The verifier's copy of `AgreementStarted` (which names only client and worker).
+        Ev::VerificationScheduled(e) => ChainEvent::AgreementStarted {
+            id: id(e.id),
+            started_at: secs(e.startedAt),
+            epochs: secs(e.epochs),
+        },
     })
 }
 

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::types::{Address, AgreementId, Terms, Wei};
-use super::work::{Deployment, Phase, Work, WorkEvent};
+use super::work::{Deployment, Phase, WatchSpec, Work, WorkEvent};
 
 /// The protocol parameters the dispatcher was deployed with (`WorkerDispatcher.params()`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +28,9 @@ pub struct ProtocolParams {
     pub ready_window: u64,
     pub epoch_length: u64,
     pub report_grace: u64,
+    /// Failed epochs in a row after which a party may terminate the agreement.
+    #[serde(default)]
+    pub max_consecutive_failures: u64,
 }
 
 /// What the operator wants this worker to be.
@@ -97,6 +100,24 @@ pub enum Intent {
     },
     /// The work is deployed and answers its probe: epochs start.
     DeclareReady(AgreementId),
+    /// Our watch letter to one of the agreement's verifiers (endpoint, probe, health endpoint),
+    /// sealed to its key by the shell.
+    Watch {
+        id: AgreementId,
+        to: Address,
+        ciphertext: Vec<u8>,
+    },
+    /// As a verifier: our report on one epoch.
+    Verify {
+        id: AgreementId,
+        epoch: u64,
+        ok: bool,
+    },
+    /// End a running agreement after a run of failed epochs starting at `first_failed_epoch`.
+    Terminate {
+        id: AgreementId,
+        first_failed_epoch: u64,
+    },
 }
 
 impl Intent {
@@ -119,6 +140,9 @@ impl Intent {
             Intent::Forward { .. } => "forward".into(),
             Intent::Offer { id, .. } => format!("offer:{id}"),
             Intent::DeclareReady(id) => format!("ready:{id}"),
+            Intent::Watch { id, to, .. } => format!("watch:{id}:{to}"),
+            Intent::Verify { id, epoch, .. } => format!("verify:{id}:{epoch}"),
+            Intent::Terminate { id, .. } => format!("terminate:{id}"),
         }
     }
 }
@@ -166,6 +190,52 @@ pub struct AgreementView {
     /// The deployment agreed with the client over the private channel.
     #[serde(default)]
     pub deployment: Option<Deployment>,
+    /// The agreement's verifiers (where we are the worker: they get our watch letters).
+    #[serde(default)]
+    pub verifiers: Vec<Address>,
+    /// Reports seen on chain, per epoch: (said served, said failed). Where we are the worker
+    /// that is every verifier's; where we verify, only ours.
+    #[serde(default)]
+    pub reports: BTreeMap<u64, (u8, u8)>,
+    /// Our side of the verification, where we are a verifier.
+    #[serde(default)]
+    pub verification: Option<Verification>,
+}
+
+/// A verifier's progress on one agreement.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    /// What to check, from the worker's watch letter (none yet: nothing to probe).
+    pub spec: Option<WatchSpec>,
+    /// The first epoch not probed yet.
+    pub next_epoch: u64,
+    /// The epoch being probed now.
+    pub probing: Option<u64>,
+    /// Probed epochs whose report is not seen on chain yet: epoch -> served.
+    pub verdicts: BTreeMap<u64, bool>,
+    /// Our reports seen on chain.
+    pub reported: u64,
+    /// The last probe: (epoch, served, what it saw), for the status.
+    pub last: Option<(u64, bool, String)>,
+}
+
+impl AgreementView {
+    fn new(id: AgreementId, role: Role, client: Address, worker: Address, stage: Stage) -> Self {
+        AgreementView {
+            id,
+            role,
+            client,
+            worker,
+            price_per_second: 0,
+            duration: 0,
+            stage,
+            work: None,
+            deployment: None,
+            verifiers: Vec::new(),
+            reports: BTreeMap::new(),
+            verification: None,
+        }
+    }
 }
 
 /// A decoded chain log that concerns this daemon (the follower asks only for those).
@@ -234,6 +304,13 @@ pub enum ChainEvent {
         started_at: u64,
         epochs: u64,
     },
+    /// A verifier reported on an epoch of an agreement we work or verify.
+    VerificationProvided {
+        id: AgreementId,
+        verifier: Address,
+        epoch: u64,
+        ok: bool,
+    },
     AgreementTerminated {
         id: AgreementId,
         end_epoch: u64,
@@ -291,6 +368,9 @@ pub enum Action {
     Start(AgreementId),
     /// Stop and remove the agreement's container (idempotent).
     Stop(AgreementId),
+    /// As a verifier: probe the work of `id` now, for `epoch`, and report
+    /// `WorkEvent::Probed`.
+    Probe { id: AgreementId, epoch: u64 },
 }
 
 /// The state of an intent between the decision and its observed effect.
@@ -334,6 +414,10 @@ pub struct Node {
     /// Sealed offers waiting to be sent (kept until our letter is seen on chain).
     #[serde(default)]
     pending_offers: BTreeMap<AgreementId, Vec<u8>>,
+    /// Where in each epoch a verifier probes is drawn from this secret (set by the shell), so
+    /// the worker cannot know when to be up.
+    #[serde(default)]
+    probe_seed: [u8; 32],
 }
 
 impl Node {
@@ -355,7 +439,25 @@ impl Node {
             at_head: false,
             last_error: None,
             pending_offers: BTreeMap::new(),
+            probe_seed: [0; 32],
         }
+    }
+
+    /// The secret the verifier's probe moments are drawn from.
+    pub fn set_probe_seed(&mut self, seed: [u8; 32]) {
+        self.probe_seed = seed;
+    }
+
+    /// When, within `epoch`, we probe agreement `id` (seconds from the epoch's start): in the
+    /// first three quarters, so the report has time to be mined before the window closes.
+    pub fn probe_offset(&self, id: AgreementId, epoch: u64) -> u64 {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.probe_seed);
+        h.update(id.to_be_bytes());
+        h.update(epoch.to_be_bytes());
+        let draw = u64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"));
+        draw % (self.params.epoch_length * 3 / 4).max(1)
     }
 
     /// Where withdrawn pay is sent on to (`None` or our own address: it stays here).
@@ -404,6 +506,10 @@ impl Node {
     /// again (the next `Synced` with `at_head`).
     pub fn resume(&mut self) {
         self.at_head = false;
+        // A probe that was under way when the daemon stopped will never report back.
+        for v in self.agreements.values_mut().filter_map(|a| a.verification.as_mut()) {
+            v.probing = None;
+        }
     }
 
     /// After the shell restored an older state (a reorg), what is in flight is exactly what the
@@ -455,6 +561,16 @@ impl Node {
                 }
             }
             Event::TxAbandoned { key, reason, retry_at } => {
+                // A verifier's redeem the contract refuses: settled by someone else already, or
+                // nothing of ours to claim (no report agreed with the verdicts). Either way the
+                // agreement is over for us.
+                if let Some(id) = key.strip_prefix("redeem:").and_then(|id| id.parse().ok())
+                    && self.agreements.get(&id).is_some_and(|a| a.role == Role::Verifier)
+                {
+                    self.in_flight.remove(&key);
+                    self.set_stage(id, Stage::Finished);
+                    return self.decide();
+                }
                 self.in_flight.insert(key.clone(), InFlight::Backoff { retry_at });
                 self.last_error = Some(format!("transaction {key} not sent: {reason}"));
             }
@@ -472,7 +588,7 @@ impl Node {
 
     fn on_work(&mut self, event: WorkEvent) -> Option<Action> {
         match event {
-            WorkEvent::Hello { id, client_key, container_port, host_port, probe, offer } => {
+            WorkEvent::Hello { id, client_key, container_port, host_port, probe, offer, watches } => {
                 let a = self.agreements.get_mut(&id)?;
                 let waiting = matches!(a.stage, Stage::Created { .. } | Stage::Accepted { .. });
                 if a.role != Role::Worker || a.deployment.is_some() || !waiting {
@@ -485,8 +601,39 @@ impl Node {
                     probe,
                     offer_sent: false,
                     phase: Phase::AwaitingImage,
+                    pending_watches: watches,
                 });
                 self.pending_offers.insert(id, offer);
+                None
+            }
+            WorkEvent::Watch { id, spec } => {
+                let a = self.agreements.get_mut(&id)?;
+                if a.role != Role::Verifier || !a.stage.is_open() {
+                    return None;
+                }
+                let v = a.verification.get_or_insert_with(Verification::default);
+                if v.spec.is_none() {
+                    v.spec = Some(spec);
+                }
+                None
+            }
+            WorkEvent::Probed { id, epoch, ok, detail } => {
+                let p = self.params;
+                let now = self.now;
+                let a = self.agreements.get_mut(&id)?;
+                let started_at = match a.stage {
+                    Stage::Running { started_at, .. } | Stage::Terminated { started_at, .. } => started_at,
+                    _ => return None,
+                };
+                let v = a.verification.as_mut()?;
+                if v.probing == Some(epoch) {
+                    v.probing = None;
+                }
+                // Too late to report is not reported (the contract would refuse it).
+                if now < started_at + (epoch + 1) * p.epoch_length + p.report_grace {
+                    v.verdicts.insert(epoch, ok);
+                }
+                v.last = Some((epoch, ok, detail));
                 None
             }
             WorkEvent::ImageLoaded { id } => {
@@ -579,39 +726,64 @@ impl Node {
             AgreementCreated { id, client, worker, price_per_second, duration, accept_deadline, work }
                 if worker == me =>
             {
-                self.agreements.insert(
-                    id,
-                    AgreementView {
-                        id,
-                        role: Role::Worker,
-                        client,
-                        worker,
-                        price_per_second,
-                        duration,
-                        stage: Stage::Created { accept_deadline },
-                        work: Some(work),
-                        deployment: None,
-                    },
-                );
+                let a = self.agreements.entry(id).or_insert_with(|| {
+                    AgreementView::new(id, Role::Worker, client, worker, Stage::Created { accept_deadline })
+                });
+                a.price_per_second = price_per_second;
+                a.duration = duration;
+                a.work = Some(work);
             }
-            MessageSent { id, from, .. } if from == me => {
-                if let Some(d) = self.deployment_mut(id) {
-                    d.offer_sent = true;
+            MessageSent { id, from, to, .. } if from == me => {
+                let Some(a) = self.agreements.get_mut(&id) else { return };
+                let to_client = to == a.client;
+                if let Some(d) = a.deployment.as_mut() {
+                    if to_client {
+                        d.offer_sent = true;
+                    } else {
+                        d.pending_watches.retain(|(verifier, _)| *verifier != to);
+                    }
                 }
-                self.pending_offers.remove(&id);
+                if to_client {
+                    self.pending_offers.remove(&id);
+                }
             }
             VerifierAssigned { id, verifier, worker } if verifier == me => {
-                self.agreements.entry(id).or_insert(AgreementView {
-                    id,
-                    role: Role::Verifier,
-                    client: Address::default(),
-                    worker,
-                    price_per_second: 0,
-                    duration: 0,
-                    stage: Stage::Created { accept_deadline: 0 },
-                    work: None,
-                    deployment: None,
+                // The verifier learns no deadlines from its logs: if the agreement has not
+                // started by the latest moment it could, it was cancelled or aborted.
+                let never_started_by = self.now + self.params.accept_window + self.params.ready_window;
+                let a = self.agreements.entry(id).or_insert_with(|| {
+                    AgreementView::new(
+                        id,
+                        Role::Verifier,
+                        Address::default(),
+                        worker,
+                        Stage::Created { accept_deadline: never_started_by },
+                    )
                 });
+                a.verification.get_or_insert_with(Verification::default);
+            }
+            // Ours as the worker: our watch letters go to each.
+            VerifierAssigned { id, verifier, worker } if worker == me => {
+                if let Some(a) = self.agreements.get_mut(&id)
+                    && !a.verifiers.contains(&verifier)
+                {
+                    a.verifiers.push(verifier);
+                }
+            }
+            VerificationProvided { id, verifier, epoch, ok } => {
+                let Some(a) = self.agreements.get_mut(&id) else { return };
+                let tally = a.reports.entry(epoch).or_default();
+                if ok {
+                    tally.0 = tally.0.saturating_add(1);
+                } else {
+                    tally.1 = tally.1.saturating_add(1);
+                }
+                if verifier == me
+                    && let Some(v) = a.verification.as_mut()
+                {
+                    v.verdicts.remove(&epoch);
+                    v.reported += 1;
+                }
             }
             AgreementAccepted { id, ready_deadline } => {
                 self.set_stage(id, Stage::Accepted { ready_deadline })
@@ -672,6 +844,7 @@ impl Node {
             self.decide_registration(&mut intents);
         }
         self.decide_agreements(&mut intents);
+        self.decide_verification(&mut intents, &mut actions);
         if self.credits > 0 {
             intents.push(Intent::Withdraw);
         }
@@ -761,6 +934,85 @@ impl Node {
         }
     }
 
+    /// The first epoch of a run of `max_consecutive_failures` epochs judged failed (by the
+    /// reports seen, counted as the contract counts them) whose reporting windows have closed.
+    fn terminable_run(&self, a: &AgreementView, started_at: u64, epochs: u64) -> Option<u64> {
+        let p = self.params;
+        let run = p.max_consecutive_failures;
+        if run == 0 {
+            return None;
+        }
+        let failed = |e: u64| a.reports.get(&e).is_some_and(|(ok, bad)| bad > ok);
+        a.reports.keys().copied().filter(|&e| failed(e)).find(|&first| {
+            first + run <= epochs
+                && (first..first + run).all(failed)
+                && self.now >= started_at + (first + run) * p.epoch_length + p.report_grace
+        })
+    }
+
+    /// The verifier's side: probe each epoch once at a moment the worker cannot predict, report
+    /// each verdict while its window is open, collect the fees if the worker does not settle.
+    fn decide_verification(&mut self, out: &mut Vec<Intent>, actions: &mut Vec<Action>) {
+        let p = self.params;
+        let now = self.now;
+        let mut probes = Vec::new();
+        let mut closed = Vec::new();
+        for a in self.agreements.values_mut().filter(|a| a.role == Role::Verifier) {
+            let id = a.id;
+            let Some(v) = a.verification.as_mut() else { continue };
+            let (started_at, epochs) = match a.stage {
+                Stage::Created { accept_deadline: never_started_by } => {
+                    if now >= never_started_by {
+                        closed.push((id, Stage::Cancelled));
+                    }
+                    continue;
+                }
+                Stage::Running { started_at, epochs } => (started_at, epochs),
+                _ => continue,
+            };
+            let closes = |e: u64| started_at + (e + 1) * p.epoch_length + p.report_grace;
+            v.verdicts.retain(|&e, _| now < closes(e));
+            for (&epoch, &ok) in &v.verdicts {
+                out.push(Intent::Verify { id, epoch, ok });
+            }
+            let end = started_at + epochs * p.epoch_length + p.report_grace;
+            if now >= end {
+                if v.verdicts.is_empty() && v.probing.is_none() {
+                    if v.reported == 0 {
+                        // Nothing of ours to claim.
+                        closed.push((id, Stage::Finished));
+                    } else if now >= end + p.epoch_length {
+                        // The worker settles first; if it has not an epoch later, we do.
+                        out.push(Intent::Redeem(id));
+                    }
+                }
+                continue;
+            }
+            if v.spec.is_none() || now < started_at || v.probing.is_some() {
+                continue;
+            }
+            let current = (now - started_at) / p.epoch_length;
+            // Epochs missed while the daemon was down are not reported: we did not see them.
+            v.next_epoch = v.next_epoch.max(current);
+            if v.next_epoch < epochs {
+                probes.push((id, v.next_epoch, started_at));
+            }
+        }
+        for (id, epoch, started_at) in probes {
+            let at = started_at + epoch * p.epoch_length + self.probe_offset(id, epoch);
+            if now >= at
+                && let Some(v) = self.agreements.get_mut(&id).and_then(|a| a.verification.as_mut())
+            {
+                v.probing = Some(epoch);
+                v.next_epoch = epoch + 1;
+                actions.push(Action::Probe { id, epoch });
+            }
+        }
+        for (id, stage) in closed {
+            self.set_stage(id, stage);
+        }
+    }
+
     fn decide_agreements(&self, out: &mut Vec<Intent>) {
         let p = self.params;
         for (&id, ciphertext) in &self.pending_offers {
@@ -769,6 +1021,24 @@ impl Node {
                 matches!(a.stage, Stage::Created { .. } | Stage::Accepted { .. } | Stage::Running { .. });
             if open && a.deployment.as_ref().is_some_and(|d| !d.offer_sent) {
                 out.push(Intent::Offer { id, to: a.client, ciphertext: ciphertext.clone() });
+            }
+        }
+        for a in self.agreements.values().filter(|a| a.role == Role::Worker) {
+            let open =
+                matches!(a.stage, Stage::Created { .. } | Stage::Accepted { .. } | Stage::Running { .. });
+            if let Some(d) = &a.deployment
+                && open
+            {
+                for (to, ciphertext) in &d.pending_watches {
+                    out.push(Intent::Watch { id: a.id, to: *to, ciphertext: ciphertext.clone() });
+                }
+            }
+            // A run of failed epochs: end it, so later epochs are refunded rather than failed
+            // (each failed epoch costs our stake).
+            if let Stage::Running { started_at, epochs } = a.stage
+                && let Some(first) = self.terminable_run(a, started_at, epochs)
+            {
+                out.push(Intent::Terminate { id: a.id, first_failed_epoch: first });
             }
         }
         // Slots in use by agreements already accepted or running.
@@ -841,6 +1111,7 @@ mod tests {
             ready_window: 300,
             epoch_length: 30,
             report_grace: 15,
+            max_consecutive_failures: 2,
         }
     }
 
@@ -1149,7 +1420,204 @@ mod tests {
             host_port,
             probe: crate::core::work::Probe::Tcp,
             offer: vec![1, 2, 3],
+            watches: vec![(V1, vec![4]), (V2, vec![5])],
         })
+    }
+
+    const V1: Address = Address([0x01; 20]);
+    const V2: Address = Address([0x02; 20]);
+    const WORKER: Address = Address([0x88; 20]);
+
+    fn at(node: &mut Node, block: u64, timestamp: u64) -> Vec<Action> {
+        node.on_event(Event::Synced { block, timestamp, at_head: true })
+    }
+
+    fn probes(actions: &[Action]) -> Vec<(AgreementId, u64)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Probe { id, epoch } => Some((*id, *epoch)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn watch_spec() -> WatchSpec {
+        WatchSpec {
+            work: "203.0.113.7:7100".into(),
+            probe: crate::core::work::Probe::Tcp,
+            transfer: "203.0.113.7:7070".into(),
+            fingerprint: "ab".into(),
+        }
+    }
+
+    /// We verify agreement 5 (worker WORKER), started at t=100 for 4 epochs of 30 s.
+    fn verifying() -> Node {
+        let mut node = registered();
+        node.set_probe_seed([3; 32]);
+        node.on_event(Event::Chain(ChainEvent::VerifierAssigned { id: 5, verifier: ME, worker: WORKER }));
+        node.on_event(Event::Work(WorkEvent::Watch { id: 5, spec: watch_spec() }));
+        node.on_event(Event::Chain(ChainEvent::AgreementStarted { id: 5, started_at: 100, epochs: 4 }));
+        node
+    }
+
+    #[test]
+    fn a_verifier_probes_each_epoch_once_at_a_drawn_moment_and_reports_the_verdict_in_time() {
+        let mut node = verifying();
+        let offsets: Vec<u64> = (0..4).map(|e| node.probe_offset(5, e)).collect();
+        assert!(offsets.iter().all(|&o| o < 22), "within the first three quarters: {offsets:?}");
+        // Another secret draws other moments (the worker cannot compute ours).
+        let mut other = node.clone();
+        other.set_probe_seed([4; 32]);
+        assert_ne!(offsets, (0..4).map(|e| other.probe_offset(5, e)).collect::<Vec<_>>());
+
+        let mut block = 1;
+        let mut probed = Vec::new();
+        for t in 100..130 {
+            block += 1;
+            let actions = at(&mut node, block, t);
+            if !probes(&actions).is_empty() {
+                probed.push((t, probes(&actions)));
+            }
+        }
+        assert_eq!(probed, vec![(100 + offsets[0], vec![(5, 0)])], "one probe in epoch 0, at its moment");
+        let actions =
+            node.on_event(Event::Work(WorkEvent::Probed { id: 5, epoch: 0, ok: true, detail: "ok".into() }));
+        assert_eq!(sends(&actions), vec![Intent::Verify { id: 5, epoch: 0, ok: true }]);
+        // Mined and seen: the verdict is not sent again.
+        node.on_event(Event::TxMined { key: "verify:5:0".into(), block: 40, success: true });
+        node.on_event(Event::Chain(ChainEvent::VerificationProvided {
+            id: 5,
+            verifier: ME,
+            epoch: 0,
+            ok: true,
+        }));
+        assert!(sends(&at(&mut node, 40, 131)).is_empty());
+        assert_eq!(node.agreement(5).unwrap().verification.as_ref().unwrap().reported, 1);
+    }
+
+    #[test]
+    fn a_verifier_skips_epochs_it_missed_and_drops_verdicts_too_late_to_report() {
+        let mut node = verifying();
+        // Down until epoch 2: epochs 0 and 1 are not probed after the fact.
+        let mut epochs_probed = Vec::new();
+        for t in 160..190 {
+            epochs_probed.extend(probes(&at(&mut node, t, t)));
+        }
+        assert_eq!(epochs_probed, vec![(5, 2)]);
+        // The probe's answer comes back after the epoch's window closed (160 + 30 + 15).
+        at(&mut node, 200, 205);
+        let actions =
+            node.on_event(Event::Work(WorkEvent::Probed { id: 5, epoch: 2, ok: false, detail: "x".into() }));
+        assert!(sends(&actions).is_empty(), "too late: {actions:?}");
+    }
+
+    #[test]
+    fn a_restart_mid_probe_does_not_stall_the_verifier() {
+        let mut node = verifying();
+        let mut first = Vec::new();
+        for t in 100..130 {
+            first.extend(probes(&at(&mut node, t, t)));
+        }
+        assert_eq!(first, vec![(5, 0)]);
+        // The daemon died before the probe reported back.
+        node.resume();
+        let mut next = Vec::new();
+        for t in 130..160 {
+            next.extend(probes(&at(&mut node, t, t)));
+        }
+        assert_eq!(next, vec![(5, 1)]);
+    }
+
+    #[test]
+    fn a_verifier_without_the_watch_letter_probes_nothing() {
+        let mut node = registered();
+        node.on_event(Event::Chain(ChainEvent::VerifierAssigned { id: 5, verifier: ME, worker: WORKER }));
+        node.on_event(Event::Chain(ChainEvent::AgreementStarted { id: 5, started_at: 100, epochs: 4 }));
+        for t in 100..220 {
+            assert!(probes(&at(&mut node, t, t)).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_verifier_collects_its_fees_if_the_worker_does_not_settle_and_closes_otherwise() {
+        let mut node = verifying();
+        node.on_event(Event::Chain(ChainEvent::VerificationProvided {
+            id: 5,
+            verifier: ME,
+            epoch: 0,
+            ok: true,
+        }));
+        // Last window closes at 100 + 4*30 + 15 = 235; the worker has one more epoch to settle.
+        assert!(!sends(&at(&mut node, 300, 240)).contains(&Intent::Redeem(5)));
+        assert!(sends(&at(&mut node, 301, 265)).contains(&Intent::Redeem(5)));
+        // Someone settled first (or none of our reports agreed): the redeem is refused.
+        node.on_event(Event::TxAbandoned {
+            key: "redeem:5".into(),
+            reason: "WrongState".into(),
+            retry_at: 400,
+        });
+        assert_eq!(node.agreement(5).unwrap().stage, Stage::Finished);
+        assert!(sends(&at(&mut node, 302, 500)).is_empty());
+
+        // A verifier with no reports has nothing to claim: closed at the end.
+        let mut silent = verifying();
+        at(&mut silent, 300, 240);
+        assert_eq!(silent.agreement(5).unwrap().stage, Stage::Finished);
+        // An agreement that never starts is closed once it no longer can.
+        let mut idle = registered();
+        idle.on_event(Event::Chain(ChainEvent::VerifierAssigned { id: 6, verifier: ME, worker: WORKER }));
+        at(&mut idle, 10, 359);
+        assert_eq!(idle.agreement(6).unwrap().stage, Stage::Created { accept_deadline: 360 });
+        at(&mut idle, 11, 360);
+        assert_eq!(idle.agreement(6).unwrap().stage, Stage::Cancelled);
+    }
+
+    #[test]
+    fn the_worker_sends_each_verifier_its_watch_letter_once() {
+        let mut node = registered();
+        node.on_event(created(1, ME, 60));
+        let actions = node.on_event(hello(1, 7100));
+        let w1 = Intent::Watch { id: 1, to: V1, ciphertext: vec![4] };
+        let w2 = Intent::Watch { id: 1, to: V2, ciphertext: vec![5] };
+        assert!(sends(&actions).contains(&w1) && sends(&actions).contains(&w2), "{actions:?}");
+        node.on_event(Event::TxMined {
+            key: "watch:1:0x0101010101010101010101010101010101010101".into(),
+            block: 2,
+            success: true,
+        });
+        node.on_event(Event::Chain(ChainEvent::MessageSent { id: 1, from: ME, to: V1, ciphertext: vec![4] }));
+        node.on_event(Event::TxMined {
+            key: "watch:1:0x0202020202020202020202020202020202020202".into(),
+            block: 2,
+            success: false,
+        });
+        // The reverted one is decided again after the pause; the delivered one never.
+        assert!(sends(&at(&mut node, 3, 100)).is_empty());
+        let later = sends(&at(&mut node, 4, 100 + RETRY_AFTER_SECS));
+        assert!(later.contains(&w2) && !later.contains(&w1), "{later:?}");
+    }
+
+    #[test]
+    fn the_worker_terminates_after_a_closed_run_of_failed_epochs_and_not_before() {
+        let mut node = registered();
+        node.on_event(created(1, ME, 60));
+        node.on_event(Event::Chain(ChainEvent::AgreementStarted { id: 1, started_at: 100, epochs: 6 }));
+        let report = |epoch, verifier, ok| {
+            Event::Chain(ChainEvent::VerificationProvided { id: 1, verifier, epoch, ok })
+        };
+        node.on_event(report(0, V1, true));
+        node.on_event(report(0, V2, true));
+        // Epoch 1: a split vote is not a failure.
+        node.on_event(report(1, V1, false));
+        node.on_event(report(1, V2, true));
+        node.on_event(report(2, V1, false));
+        node.on_event(report(2, V2, false));
+        node.on_event(report(3, V1, false));
+        let terminate = Intent::Terminate { id: 1, first_failed_epoch: 2 };
+        // Epoch 3's window is still open at 100 + 4*30 + 15 = 235.
+        assert!(!sends(&at(&mut node, 10, 234)).contains(&terminate));
+        assert!(sends(&at(&mut node, 11, 235)).contains(&terminate));
     }
 
     fn phase(node: &Node, id: AgreementId) -> Option<Phase> {

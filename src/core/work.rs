@@ -64,6 +64,9 @@ pub struct Deployment {
     /// Our offer (endpoint and certificate fingerprint) was seen on chain.
     pub offer_sent: bool,
     pub phase: Phase,
+    /// Watch letters to the verifiers not yet seen on chain: (verifier, sealed letter).
+    #[serde(default)]
+    pub pending_watches: Vec<(super::types::Address, Vec<u8>)>,
 }
 
 /// What the shell reports about the work.
@@ -78,6 +81,10 @@ pub enum WorkEvent {
         host_port: u16,
         probe: Probe,
         offer: Vec<u8>,
+        /// Our watch letters to the agreement's verifiers (endpoint, probe, health endpoint),
+        /// each sealed to that verifier's registered key.
+        #[serde(default)]
+        watches: Vec<(super::types::Address, Vec<u8>)>,
     },
     /// The image was received, matched the committed digest and is in the engine.
     ImageLoaded { id: AgreementId },
@@ -85,4 +92,21 @@ pub enum WorkEvent {
     Started { id: AgreementId },
     /// The container could not be started or never answered the probe.
     Failed { id: AgreementId, reason: String },
+    /// As a verifier: the worker's watch letter was opened and its probe matches the client's
+    /// commitment.
+    Watch { id: AgreementId, spec: WatchSpec },
+    /// As a verifier: the probe of `epoch` (the client's probe and the signed health report).
+    Probed { id: AgreementId, epoch: u64, ok: bool, detail: String },
+}
+
+/// What a verifier checks, from the worker's watch letter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchSpec {
+    /// `host:port` where the work answers.
+    pub work: String,
+    pub probe: Probe,
+    /// `host:port` of the worker's transfer server, which also serves the signed health report.
+    pub transfer: String,
+    /// SHA-256 of the transfer server's certificate, hex.
+    pub fingerprint: String,
 }

@@ -53,12 +53,38 @@ pub struct LayerInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Frame {
-    Challenge { version: u8, nonce: String },
-    Auth { agreement: AgreementId, signature: String },
-    Offer { image: String, config_size: u64, layers: Vec<LayerInfo> },
-    Need { from_layer: usize },
-    Done { loaded: bool },
-    Refused { reason: String },
+    Challenge {
+        version: u8,
+        nonce: String,
+    },
+    Auth {
+        agreement: AgreementId,
+        signature: String,
+    },
+    Offer {
+        image: String,
+        config_size: u64,
+        layers: Vec<LayerInfo>,
+    },
+    Need {
+        from_layer: usize,
+    },
+    Done {
+        loaded: bool,
+    },
+    Refused {
+        reason: String,
+    },
+    /// A verifier asks for the signed health report of a running agreement (instead of `Auth`).
+    HealthRequest {
+        agreement: AgreementId,
+        nonce: String,
+    },
+    /// The report's JSON exactly as signed, and the worker's EIP-191 signature of it (hex).
+    Health {
+        report: String,
+        signature: String,
+    },
 }
 
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -100,6 +126,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameE
     let mut body = vec![0; len];
     r.read_exact(&mut body).await?;
     serde_json::from_slice(&body).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+/// Where verifiers' health requests are answered: the daemon's running work. The transfer
+/// server only asks it for agreements its [`server::Gate`] lists as running.
+pub trait HealthSource: Send + Sync + 'static {
+    /// The signed [`Frame::Health`] for `agreement`, made for `nonce`.
+    fn health(
+        &self,
+        agreement: AgreementId,
+        nonce: String,
+    ) -> impl Future<Output = Result<Frame, String>> + Send;
 }
 
 /// A stream of archive bytes handed to the engine.

@@ -19,7 +19,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::archive::{self, TRAILER};
-use super::{ByteStream, Frame, ImageSink, LayerInfo, MAX_CONFIG, MAX_LAYERS, PROTOCOL_VERSION};
+use super::{
+    ByteStream, Frame, HealthSource, ImageSink, LayerInfo, MAX_CONFIG, MAX_LAYERS, PROTOCOL_VERSION,
+};
 use crate::chain::decode;
 use crate::core::types::{Address, AgreementId};
 
@@ -29,6 +31,18 @@ pub struct Gate {
     pub chain_id: u64,
     pub dispatcher: Address,
     pub open: BTreeMap<AgreementId, Admission>,
+    /// Agreements whose work runs here: verifiers may ask for their health reports.
+    pub running: std::collections::BTreeSet<AgreementId>,
+}
+
+/// For a server that runs no work (tests of the transfer alone): every health request is
+/// refused.
+pub struct NoHealth;
+
+impl HealthSource for NoHealth {
+    async fn health(&self, agreement: AgreementId, _nonce: String) -> Result<Frame, String> {
+        Err(format!("no work runs here for agreement {agreement}"))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,11 +83,13 @@ impl Default for Limits {
 
 /// Serves until `shutdown`. Each connection runs in its own task; one that misbehaves is
 /// refused and logged, and nothing else is affected.
-pub async fn serve<S: ImageSink>(
+#[allow(clippy::too_many_arguments)]
+pub async fn serve<S: ImageSink, H: HealthSource>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     gate: watch::Receiver<Gate>,
     sink: Arc<S>,
+    health: Arc<H>,
     delivered: mpsc::Sender<Delivery>,
     limits: Limits,
     shutdown: CancellationToken,
@@ -97,6 +113,7 @@ pub async fn serve<S: ImageSink>(
             acceptor: acceptor.clone(),
             gate: gate.clone(),
             sink: sink.clone(),
+            health: health.clone(),
             delivered: delivered.clone(),
             limits,
             busy: busy.clone(),
@@ -113,10 +130,11 @@ pub async fn serve<S: ImageSink>(
     }
 }
 
-struct Conn<S> {
+struct Conn<S, H> {
     acceptor: TlsAcceptor,
     gate: watch::Receiver<Gate>,
     sink: Arc<S>,
+    health: Arc<H>,
     delivered: mpsc::Sender<Delivery>,
     limits: Limits,
     busy: Arc<Mutex<HashSet<AgreementId>>>,
@@ -137,7 +155,7 @@ macro_rules! refuse {
     ($($arg:tt)*) => { return Err(Refusal(format!($($arg)*))) };
 }
 
-impl<S: ImageSink> Conn<S> {
+impl<S: ImageSink, H: HealthSource> Conn<S, H> {
     async fn run(self, tcp: tokio::net::TcpStream, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
         let _ = tcp.set_nodelay(true);
         let tls = match tokio::time::timeout(self.limits.handshake, self.acceptor.accept(tcp)).await {
@@ -146,6 +164,35 @@ impl<S: ImageSink> Conn<S> {
             Err(_) => return tracing::info!("transfer from {}: TLS handshake timed out", self.peer),
         };
         let mut stream = tls;
+        // The challenge first; the peer's first frame says what it wants: a push (`Auth`), or
+        // a verifier's health request (answered whatever the pushes in progress).
+        let nonce = match fresh_nonce() {
+            Ok(n) => n,
+            Err(Refusal(reason)) => return tracing::warn!("transfer from {}: {reason}", self.peer),
+        };
+        let challenge = Frame::Challenge { version: PROTOCOL_VERSION, nonce: nonce.clone() };
+        if super::write_frame(&mut stream, &challenge).await.is_err() {
+            return;
+        }
+        let first = match timed(self.limits.handshake, super::read_frame(&mut stream)).await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(e)) => return tracing::info!("transfer from {}: {e}", self.peer),
+            Err(Refusal(reason)) => return tracing::info!("transfer from {}: {reason}", self.peer),
+        };
+        if let Frame::HealthRequest { agreement, nonce } = first {
+            let running = self.gate.borrow().running.contains(&agreement);
+            let answer = if !running {
+                Frame::Refused { reason: format!("no work runs here for agreement {agreement}") }
+            } else {
+                match self.health.health(agreement, nonce).await {
+                    Ok(frame) => frame,
+                    Err(reason) => Frame::Refused { reason },
+                }
+            };
+            let _ = super::write_frame(&mut stream, &answer).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
         if permit.is_none() {
             let reason =
                 format!("busy: {} transfers in progress, try again shortly", self.limits.max_concurrent);
@@ -153,7 +200,7 @@ impl<S: ImageSink> Conn<S> {
             return;
         }
         let mut agreement = None;
-        let result = self.push(&mut stream, &mut agreement).await;
+        let result = self.push(&mut stream, nonce, first, &mut agreement).await;
         if let Some(id) = agreement {
             self.busy.lock().expect("busy set").remove(&id);
         }
@@ -184,14 +231,13 @@ impl<S: ImageSink> Conn<S> {
     async fn push<T: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: &mut T,
+        nonce: String,
+        first: Frame,
         claimed: &mut Option<AgreementId>,
     ) -> Result<Delivery, Refusal> {
         let started = Instant::now();
-        let nonce = fresh_nonce()?;
-        super::write_frame(stream, &Frame::Challenge { version: PROTOCOL_VERSION, nonce: nonce.clone() })
-            .await?;
         let deadline = self.limits.handshake;
-        let Frame::Auth { agreement, signature } = timed(deadline, super::read_frame(stream)).await?? else {
+        let Frame::Auth { agreement, signature } = first else {
             refuse!("expected the client's authentication first");
         };
         let gate = self.gate.borrow().clone();
