@@ -41,7 +41,6 @@ pub enum HostError {
     UnknownArch(&'static str),
 }
 
-/// `MemTotal` of `/proc/meminfo`, in MiB.
 /// Debian's name for the architecture this binary was built for (the client's default).
 pub const NATIVE_ARCH: &str = if cfg!(target_arch = "aarch64") {
     "arm64"
@@ -51,6 +50,7 @@ pub const NATIVE_ARCH: &str = if cfg!(target_arch = "aarch64") {
     "amd64"
 };
 
+/// `MemTotal` of `/proc/meminfo`, in MiB.
 pub fn parse_meminfo_total_mib(meminfo: &str) -> Option<u64> {
     let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
