@@ -190,6 +190,72 @@ contract GasBench is DispatcherFixture {
         );
     }
 
+    /// @dev redeemPayment of an agreement of `epochs` epochs and `verifiers` verifiers in which
+    /// every verifier reported on every epoch and one verifier per epoch (a different one each
+    /// time) lied, outvoted: every report word is full and every epoch pays some verifiers, the
+    /// settlement's worst case. The dispatcher allows `epochs` epochs (the deploy script's
+    /// default maxEpochs is 720) and the worker's class covers the duration.
+    function _redeemGas(uint256 epochs, uint256 verifiers) internal returns (uint256) {
+        vm.pauseGasMetering();
+        WorkerDispatcher.Params memory p = _params();
+        p.maxEpochs = uint32(epochs);
+        d = new WorkerDispatcher(p);
+        WorkerDispatcher.Capabilities memory c = _caps();
+        c.maxDuration = type(uint32).max;
+        for (uint256 i; i <= verifiers; ++i) {
+            address w = address(uint160(0x400000 + i));
+            vm.deal(w, MIN_STAKE);
+            vm.prank(w);
+            d.registerWorker{value: MIN_STAKE}(c);
+        }
+        uint256 duration = epochs * EPOCH;
+        WorkerDispatcher.Requirements memory r = _req(c);
+        vm.prank(client);
+        uint256 id = d.buyContract{value: _escrow(PRICE, duration, verifiers)}(
+            r, duration, PRICE, verifiers, _work()
+        );
+        _accept(id);
+        _ready(id);
+        address[] memory vs = _verifiers(id);
+        uint256 start = block.timestamp;
+        for (uint256 e; e < epochs; ++e) {
+            vm.warp(start + e * EPOCH);
+            for (uint256 i; i < verifiers; ++i) {
+                vm.prank(vs[i]);
+                d.provideVerification(id, e, i != e % verifiers);
+            }
+        }
+        require(_agreement(id).servedEpochs == epochs, "every epoch served");
+        vm.warp(start + duration + GRACE);
+        vm.resumeGasMetering();
+        vm.cool(address(d));
+        d.redeemPayment(id);
+        uint256 g = _gas();
+        require(d.credits(vs[0]) == (epochs - (epochs + verifiers - 1) / verifiers) * VERIFIER_FEE);
+        return g;
+    }
+
+    /// @dev Settlement reads every 16-epoch report word: its gas grows with the agreement's
+    /// length and, less, with its verifiers.
+    function test_BenchRedeemLong() public {
+        uint256[2][5] memory cases = [
+            [uint256(16), 3],
+            [uint256(720), 3],
+            [uint256(720), 8],
+            [uint256(8640), 3],
+            [uint256(8640), 8]
+        ];
+        for (uint256 k; k < cases.length; ++k) {
+            uint256 g = _redeemGas(cases[k][0], cases[k][1]);
+            console.log(
+                "gas redeemPayment epochs=%d verifiers=%d (all reported, one liar per epoch): %d",
+                cases[k][0],
+                cases[k][1],
+                g
+            );
+        }
+    }
+
     /// @dev The other exits of the lifecycle.
     function _otherSteps() internal {
         uint256 id = _buy(client, 3, 2);

@@ -48,7 +48,8 @@ library WorkAgreement {
         uint32 failedEpochs;
     }
 
-    /// @notice A verifier of an agreement and how many on-time reports it made.
+    /// @notice A verifier of an agreement and how many on-time reports it made (whatever they
+    /// said; settlement pays only those that agreed with their epoch's outcome).
     struct Verifier {
         address account;
         uint32 reports;
@@ -64,6 +65,13 @@ library WorkAgreement {
     uint8 internal constant SERVED = 1;
     uint8 internal constant FAILED = 2;
 
+    /// @dev Bit 0 of every 16-bit lane of a report word.
+    uint256 internal constant LANE_ONES =
+        0x0001000100010001000100010001000100010001000100010001000100010001;
+    /// @dev The low byte of every lane.
+    uint256 internal constant LANE_LOW_BYTES =
+        0x00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff;
+
     /// @dev The 16-bit lane of `epoch` in its word.
     function lane(uint256 word, uint256 epoch) internal pure returns (uint256) {
         return (word >> ((epoch % EPOCHS_PER_WORD) * 16)) & 0xffff;
@@ -74,6 +82,57 @@ library WorkAgreement {
         x = x - ((x >> 1) & 0x55);
         x = (x & 0x33) + ((x >> 2) & 0x33);
         return (x + (x >> 4)) & 0x0f;
+    }
+
+    /// @dev Number of set bits in each byte of `x`, in that byte (SWAR: all 32 bytes at once).
+    function popcountBytes(uint256 x) internal pure returns (uint256) {
+        unchecked {
+            x = x - ((x >> 1) & 0x5555555555555555555555555555555555555555555555555555555555555555);
+            x = (x & 0x3333333333333333333333333333333333333333333333333333333333333333)
+                + ((x >> 2) & 0x3333333333333333333333333333333333333333333333333333333333333333);
+            return
+                (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f;
+        }
+    }
+
+    /// @dev The verifiers whose reports agreed with their epoch's outcome, for the 16 epochs of
+    /// a report word at once: each lane's low byte is the mask of the verifiers that said ok on
+    /// a Served epoch or failed on a Failed one; Unjudged epochs (a tie, no report) have none.
+    /// The high bytes are zero. Needs ok bits to be a subset of reported bits (as `_mark`
+    /// writes them). Branch-free: per lane, with `r` reports of which `k` ok, the lane holds
+    /// `0x100 + 2k - r` (between 0xf8 and 0x110, so no lane borrows from its neighbour):
+    /// Served iff `2k > r`, i.e. `0x100 + 2k - r - 1` has bit 8 set; Failed iff `2k < r`, i.e.
+    /// `0x100 + 2k - r` has bit 8 clear.
+    function agreeing(uint256 word) internal pure returns (uint256) {
+        unchecked {
+            uint256 counts = popcountBytes(word); // per lane: low byte r, high byte k
+            uint256 biased = (((counts >> 8) & LANE_LOW_BYTES) << 1) + (LANE_ONES << 8)
+                - (counts & LANE_LOW_BYTES);
+            uint256 served = ((biased - LANE_ONES) >> 8) & LANE_ONES;
+            uint256 failed = ~(biased >> 8) & LANE_ONES;
+            uint256 okBits = (word >> 8) & LANE_LOW_BYTES;
+            uint256 failBits = word & LANE_LOW_BYTES & ~okBits;
+            return (okBits & (served * 0xff)) | (failBits & (failed * 0xff));
+        }
+    }
+
+    /// @dev For a word from `agreeing`: per verifier i (0..7), in how many of its 16 lanes bit i
+    /// is set, packed 32 bits per verifier (verifier i at bit 32 * i). For each i, the lanes'
+    /// bit i is isolated (`(x >> i) & LANE_ONES`) and one multiplication by LANE_ONES sums the
+    /// 16 lanes into the top lane (each partial sum is at most 16, so no lane carries into the
+    /// next; the products past bit 255 are the ones not wanted). Written out for all eight
+    /// verifiers: cheaper than a loop, and the bits of verifiers an agreement does not have are
+    /// zero.
+    function countPerVerifier(uint256 agree) internal pure returns (uint256) {
+        unchecked {
+            uint256 o = LANE_ONES;
+            return (((agree & o) * o) >> 240) | ((((agree >> 1) & o) * o) >> 240 << 32)
+                | ((((agree >> 2) & o) * o) >> 240 << 64) | ((((agree >> 3) & o) * o) >> 240 << 96)
+                | ((((agree >> 4) & o) * o) >> 240 << 128)
+                | ((((agree >> 5) & o) * o) >> 240 << 160)
+                | ((((agree >> 6) & o) * o) >> 240 << 192)
+                | ((((agree >> 7) & o) * o) >> 240 << 224);
+        }
     }
 
     /// @dev The outcome of an epoch given its lane.

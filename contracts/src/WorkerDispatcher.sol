@@ -79,7 +79,7 @@ contract WorkerDispatcher {
     /// @notice Protocol parameters, fixed at deployment.
     struct Params {
         uint96 minStake;
-        uint96 verifierFee; // per on-time report
+        uint96 verifierFee; // per report that agreed with its epoch's outcome
         uint96 acceptPenalty; // from stake to client when an agreement is declined or not accepted
         uint96 slashPerFailedEpoch; // from stake to client per failed epoch
         uint32 acceptWindow;
@@ -222,7 +222,11 @@ contract WorkerDispatcher {
         uint256 servedEpochs,
         uint256 failedEpochs
     );
-    /// @notice A verifier was credited for `reports` on-time reports.
+    /// @notice Settlement of an agreement `verifier` reported on (one per verifier with at least
+    /// one on-time report): `reports` is how many of its reports agreed with their epoch's
+    /// outcome (ok on a served epoch, failed on a failed one), the only ones paid; `fee` is
+    /// `reports * verifierFee`, credited to it. Both are 0 for a verifier none of whose reports
+    /// agreed (a liar, or reports on tied epochs only).
     event VerifierPaid(uint256 indexed id, address indexed verifier, uint256 reports, uint256 fee);
     /// @notice An encrypted message between two parties of an agreement.
     event MessageSent(
@@ -703,9 +707,13 @@ contract WorkerDispatcher {
 
     /// @notice Settle a running or terminated agreement once the reporting window of its last
     /// epoch has closed. Anyone may call it; each party is credited only its own share:
-    /// the worker `servedEpochs * epochLength * price`; each verifier `reports * verifierFee`;
-    /// the client the rest of the escrow plus the slash of
-    /// `min(stake, failedEpochs * slashPerFailedEpoch)` from the worker's stake.
+    /// the worker `servedEpochs * epochLength * price`; each verifier `verifierFee` per report
+    /// that agreed with its epoch's outcome (ok on a served epoch, failed on a failed one;
+    /// nothing for a report on an unjudged epoch, a tie, or for a silent epoch); the client the
+    /// rest of the escrow plus the slash of `min(stake, failedEpochs * slashPerFailedEpoch)` from
+    /// the worker's stake.
+    /// @dev Reads every report word of the agreement once: O(endEpoch / 16 + verifiers) storage
+    /// reads and word operations, whatever the verifier count (contracts/README.md, "Gas").
     /// @param id The agreement.
     function redeemPayment(uint256 id) external {
         WorkAgreement.Record storage a = _agreements[id];
@@ -722,19 +730,7 @@ contract WorkerDispatcher {
         uint256 served = a.servedEpochs;
         uint256 failed = a.failedEpochs;
         uint256 workerPay = served * EPOCH_LENGTH * a.pricePerSecond;
-        uint256 clientShare = _escrowOf(a) - workerPay;
-
-        uint256 count = a.verifierCount;
-        for (uint256 i; i < count; ++i) {
-            WorkAgreement.Verifier storage v = _verifiers[id][i];
-            uint256 reports = v.reports;
-            if (reports != 0) {
-                uint256 fee = reports * VERIFIER_FEE;
-                clientShare -= fee;
-                credits[v.account] += fee;
-                emit VerifierPaid(id, v.account, reports, fee);
-            }
-        }
+        uint256 clientShare = _escrowOf(a) - workerPay - _payVerifiers(id, a);
 
         Worker storage w = _workers[worker];
         w.running -= 1;
@@ -747,6 +743,47 @@ contract WorkerDispatcher {
         credits[client] += clientShare + slash;
         if (slash != 0) emit StakeSlashed(worker, id, client, slash);
         emit PaymentRedeemed(id, client, worker, workerPay, clientShare + slash, served, failed);
+    }
+
+    /// @dev Credits each verifier `verifierFee` per report that agreed with its epoch's outcome
+    /// and emits VerifierPaid for each verifier that reported at all (so its daemon learns the
+    /// agreement is settled even when nothing is paid); returns the total credited.
+    function _payVerifiers(uint256 id, WorkAgreement.Record storage a)
+        internal
+        returns (uint256 total)
+    {
+        uint256 count = a.verifierCount;
+        uint256 agreed = _agreedReports(id, a.endEpoch);
+        for (uint256 i; i < count; ++i) {
+            WorkAgreement.Verifier storage v = _verifiers[id][i];
+            if (v.reports != 0) {
+                uint256 reports = (agreed >> (32 * i)) & 0xffffffff;
+                uint256 fee = reports * VERIFIER_FEE;
+                if (fee != 0) {
+                    total += fee;
+                    credits[v.account] += fee;
+                }
+                emit VerifierPaid(id, v.account, reports, fee);
+            }
+        }
+    }
+
+    /// @dev How many reports of each verifier agreed with their epoch's outcome, over epochs
+    /// `0..endEpoch-1`, packed 32 bits per verifier (verifier i at bit 32 * i). Reads each
+    /// 16-epoch report word once and counts its 16 lanes for all eight verifier bits with bit
+    /// operations (`WorkAgreement.agreeing`, `countPerVerifier`). Lanes at or past `endEpoch`
+    /// in the last word are empty (no report can be made there), so they count nothing.
+    function _agreedReports(uint256 id, uint256 endEpoch) internal view returns (uint256 agreed) {
+        mapping(uint256 word => uint256) storage reports = _reports[id];
+        uint256 words =
+            (endEpoch + WorkAgreement.EPOCHS_PER_WORD - 1) / WorkAgreement.EPOCHS_PER_WORD;
+        // unchecked: a count is at most endEpoch < 2^32, so no field overflows into the next
+        unchecked {
+            for (uint256 w; w < words; ++w) {
+                uint256 agree = WorkAgreement.agreeing(reports[w]);
+                if (agree != 0) agreed += WorkAgreement.countPerVerifier(agree);
+            }
+        }
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -823,7 +860,9 @@ contract WorkerDispatcher {
         return _agreements[id];
     }
 
-    /// @notice The verifiers of an agreement and their on-time report counts.
+    /// @notice The verifiers of an agreement and their on-time report counts: every report
+    /// made in its window, whatever it said. Settlement pays only those that agreed with their
+    /// epoch's outcome (see `redeemPayment`, and `VerifierPaid` for the paid count).
     /// @param id The agreement.
     function verifiersOf(uint256 id)
         external
@@ -870,7 +909,8 @@ contract WorkerDispatcher {
 
     /// @notice The exact `msg.value` `buyContract` takes: the class's price ceiling times
     /// `duration`, plus `verifierCount` fees per epoch. What the drawn worker does not earn
-    /// (its price below the ceiling, unserved epochs, unreported fees) comes back at settlement.
+    /// (its price below the ceiling, unserved epochs, fees of reports not made or not agreeing
+    /// with their epoch's outcome) comes back at settlement.
     /// @param workerClass The class drawn from.
     /// @param duration Seconds.
     /// @param verifierCount Verifiers.

@@ -1241,7 +1241,8 @@ contract WorkerDispatcherTest is DispatcherFixture {
         public
     {
         epochs = bound(epochs, 1, 40);
-        count = bound(count, 1, 4);
+        count = bound(count, 1, 8);
+        _ensureWorkers(count + 1);
         uint256 id = _running(epochs, count);
         address[] memory vs = _verifiers(id);
         uint256 start = _agreement(id).startedAt;
@@ -1268,6 +1269,241 @@ contract WorkerDispatcherTest is DispatcherFixture {
         assertEq(total, _escrow(PRICE, epochs * EPOCH, count) + slashed);
         assertEq(d.credits(w), uint256(a.servedEpochs) * EPOCH * PRICE);
         assertEq(slashed, _min(uint256(a.failedEpochs) * SLASH, stakeBefore));
+        uint256[] memory agreed = _agreedByCount(id, epochs, count);
+        for (uint256 i; i < count; ++i) {
+            assertEq(
+                d.credits(vs[i]), agreed[i] * VERIFIER_FEE, "verifier paid its agreeing reports"
+            );
+        }
+        _assertSolvent();
+    }
+
+    /// @dev Registers more workers until there are `n`.
+    function _ensureWorkers(uint256 n) internal {
+        while (workers.length < n) {
+            address w = makeAddr(string.concat("extra", vm.toString(workers.length)));
+            _register(w, _caps());
+            workers.push(w);
+        }
+    }
+
+    /// @dev The model: per verifier, its reports that agreed with the epoch's majority, counted
+    /// directly from each epoch's masks (reportsOf), one epoch and one verifier at a time.
+    function _agreedByCount(uint256 id, uint256 epochs, uint256 count)
+        internal
+        view
+        returns (uint256[] memory agreed)
+    {
+        agreed = new uint256[](count);
+        for (uint256 e; e < epochs; ++e) {
+            (uint8 reported, uint8 ok,) = d.reportsOf(id, e);
+            uint256 oks;
+            uint256 fails;
+            for (uint256 i; i < count; ++i) {
+                if ((reported >> i) & 1 == 0) continue;
+                if ((ok >> i) & 1 == 1) ++oks;
+                else ++fails;
+            }
+            if (oks == fails) continue;
+            for (uint256 i; i < count; ++i) {
+                if ((reported >> i) & 1 == 1 && (((ok >> i) & 1 == 1) == (oks > fails))) {
+                    ++agreed[i];
+                }
+            }
+        }
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                               VERIFIER PAY
+    //////////////////////////////////////////////////////////////*/
+
+    /// @dev On `epoch`, at its start, verifier i reports if bit i of `reporters` is set, saying
+    /// ok if bit i of `oks` is set.
+    function _report(uint256 id, uint256 epoch, uint256 reporters, uint256 oks) internal {
+        vm.warp(uint256(_agreement(id).startedAt) + epoch * EPOCH);
+        address[] memory vs = _verifiers(id);
+        for (uint256 i; i < vs.length; ++i) {
+            if ((reporters >> i) & 1 == 0) continue;
+            vm.prank(vs[i]);
+            d.provideVerification(id, epoch, (oks >> i) & 1 == 1);
+        }
+    }
+
+    function _settle(uint256 id) internal {
+        WorkAgreement.Record memory a = _agreement(id);
+        vm.warp(uint256(a.startedAt) + uint256(a.endEpoch) * EPOCH + GRACE);
+        d.redeemPayment(id);
+    }
+
+    /// @dev How many VerifierPaid logs name `verifier` among the recorded logs.
+    function _verifierPaidLogs(VmSafeLog[] memory logs, address verifier)
+        internal
+        pure
+        returns (uint256 n)
+    {
+        for (uint256 i; i < logs.length; ++i) {
+            if (
+                logs[i].topics[0] == WorkerDispatcher.VerifierPaid.selector
+                    && logs[i].topics[2] == bytes32(uint256(uint160(verifier)))
+            ) ++n;
+        }
+    }
+
+    function test_RedeemPayment_LiarUnpaid_HonestMajorityPaid() public {
+        // Epochs 0-1 served (v0, v1 say ok, v2 lies "failed"); epoch 2 the worker is down (v0,
+        // v1 say failed, v2 lies "ok"). The liar is outvoted every time.
+        uint256 id = _running(3, 3);
+        address[] memory vs = _verifiers(id);
+        address w = _agreement(id).worker;
+        _report(id, 0, 7, 3);
+        _report(id, 1, 7, 3);
+        _report(id, 2, 7, 4);
+        WorkAgreement.Record memory a = _agreement(id);
+        assertEq(a.servedEpochs, 2);
+        assertEq(a.failedEpochs, 1);
+        vm.warp(uint256(a.startedAt) + 3 * EPOCH + GRACE);
+        uint256 workerPay = 2 * uint256(EPOCH) * PRICE;
+        uint256 fee = VERIFIER_FEE;
+        vm.expectEmit(address(d));
+        emit WorkerDispatcher.VerifierPaid(id, vs[0], 3, 3 * fee);
+        vm.expectEmit(address(d));
+        emit WorkerDispatcher.VerifierPaid(id, vs[1], 3, 3 * fee);
+        vm.expectEmit(address(d));
+        emit WorkerDispatcher.VerifierPaid(id, vs[2], 0, 0);
+        d.redeemPayment(id);
+        assertEq(d.credits(vs[0]), 3 * fee, "honest verifier: every report paid");
+        assertEq(d.credits(vs[1]), 3 * fee, "honest verifier: every report paid");
+        assertEq(d.credits(vs[2]), 0, "liar: nothing");
+        assertEq(d.credits(w), workerPay, "worker: the two served epochs");
+        assertEq(d.getWorker(w).stake, MIN_STAKE - SLASH);
+        // escrow = 3 epochs of pay + 9 fees; the liar's 3 fees go back to the client, to the wei
+        assertEq(
+            d.credits(client),
+            3 * uint256(EPOCH) * PRICE + 9 * fee - workerPay - 6 * fee + SLASH,
+            "client: the exact rest"
+        );
+        (, uint256[] memory onTime) = d.verifiersOf(id);
+        assertEq(onTime[2], 3, "verifiersOf still counts the liar's on-time reports");
+        _assertSolvent();
+    }
+
+    function test_RedeemPayment_SilentVerifierUnpaid() public {
+        uint256 id = _running(3, 3);
+        address[] memory vs = _verifiers(id);
+        for (uint256 e; e < 3; ++e) {
+            _report(id, e, 3, 3); // v2 never reports
+        }
+        vm.recordLogs();
+        _settle(id);
+        VmSafeLog[] memory logs = _logs();
+        assertEq(d.credits(vs[0]), 3 * uint256(VERIFIER_FEE));
+        assertEq(d.credits(vs[1]), 3 * uint256(VERIFIER_FEE));
+        assertEq(d.credits(vs[2]), 0);
+        assertEq(_verifierPaidLogs(logs, vs[0]), 1);
+        assertEq(_verifierPaidLogs(logs, vs[2]), 0, "a silent verifier is not named");
+        assertEq(d.credits(client), 3 * uint256(VERIFIER_FEE));
+        _assertSolvent();
+    }
+
+    function test_RedeemPayment_TiePaysNoVerifier() public {
+        // 2 verifiers: epoch 0 a tie (v0 ok, v1 failed), epoch 1 both ok
+        uint256 id = _running(2, 2);
+        address[] memory vs = _verifiers(id);
+        _report(id, 0, 3, 1);
+        _report(id, 1, 3, 3);
+        (,, uint8 outcome) = d.reportsOf(id, 0);
+        assertEq(outcome, WorkAgreement.UNJUDGED);
+        _settle(id);
+        assertEq(d.credits(vs[0]), uint256(VERIFIER_FEE), "nothing for the tied epoch");
+        assertEq(d.credits(vs[1]), uint256(VERIFIER_FEE), "nothing for the tied epoch");
+        uint256 pay = uint256(EPOCH) * PRICE;
+        assertEq(d.credits(_agreement(id).worker), pay);
+        assertEq(
+            d.credits(client), 2 * pay + 4 * uint256(VERIFIER_FEE) - pay - 2 * uint256(VERIFIER_FEE)
+        );
+        _assertSolvent();
+    }
+
+    function test_RedeemPayment_TieOfFour_NoVerifierPaid() public {
+        // 4 verifiers split 2-2 on every epoch: nobody can be shown right, nobody is paid
+        uint256 id = _running(3, 4);
+        address[] memory vs = _verifiers(id);
+        for (uint256 e; e < 3; ++e) {
+            _report(id, e, 15, e % 2 == 0 ? 3 : 12);
+        }
+        _settle(id);
+        for (uint256 i; i < 4; ++i) {
+            assertEq(d.credits(vs[i]), 0);
+        }
+        assertEq(d.credits(_agreement(id).worker), 0);
+        assertEq(d.credits(client), _escrow(PRICE, 3 * EPOCH, 4), "the whole escrow back");
+        _assertSolvent();
+    }
+
+    function test_RedeemPayment_PartialLiarPaidForTrueReportsOnly() public {
+        // 20 epochs (two report words), worker always up. v0 and v1 always say ok; v2 lies
+        // ("failed") on every third epoch (0, 3, ..., 18: 7 epochs) and tells the truth on 13.
+        uint256 epochs = 20;
+        uint256 id = _running(epochs, 3);
+        address[] memory vs = _verifiers(id);
+        for (uint256 e; e < epochs; ++e) {
+            _report(id, e, 7, e % 3 == 0 ? 3 : 7);
+        }
+        vm.warp(uint256(_agreement(id).startedAt) + epochs * EPOCH + GRACE);
+        vm.expectEmit(address(d));
+        emit WorkerDispatcher.VerifierPaid(id, vs[2], 13, 13 * uint256(VERIFIER_FEE));
+        d.redeemPayment(id);
+        assertEq(d.credits(vs[0]), 20 * uint256(VERIFIER_FEE));
+        assertEq(d.credits(vs[1]), 20 * uint256(VERIFIER_FEE));
+        assertEq(d.credits(vs[2]), 13 * uint256(VERIFIER_FEE), "paid exactly its true reports");
+        assertEq(d.credits(_agreement(id).worker), epochs * EPOCH * PRICE);
+        assertEq(d.credits(client), 7 * uint256(VERIFIER_FEE));
+        _assertSolvent();
+    }
+
+    function test_RedeemPayment_TerminatedCountsOnlyUpToEndEpoch() public {
+        // 3 verifiers, 10 epochs, failed run 0-2 (v2 lies "ok"), terminated in epoch 3
+        uint256 id = _running(10, 3);
+        address[] memory vs = _verifiers(id);
+        for (uint256 e; e < 3; ++e) {
+            _report(id, e, 7, 4);
+        }
+        _report(id, 3, 7, 7); // epoch 3 served
+        vm.warp(uint256(_agreement(id).startedAt) + 3 * EPOCH + GRACE);
+        vm.prank(client);
+        d.terminateAgreement(id, 0);
+        assertEq(_agreement(id).endEpoch, 4);
+        _settle(id);
+        assertEq(d.credits(vs[0]), 4 * uint256(VERIFIER_FEE));
+        assertEq(d.credits(vs[1]), 4 * uint256(VERIFIER_FEE));
+        assertEq(d.credits(vs[2]), 1 * uint256(VERIFIER_FEE));
+        _assertSolvent();
+    }
+
+    /// @dev The residual threat: two colluding liars out of three ARE the majority. They swing
+    /// every epoch to failed: the honest worker earns nothing and is slashed, the liars are
+    /// paid, the honest verifier is not. Nothing on chain can tell them apart; what answers it is
+    /// the draw (random, from all staked workers, after the buy), see contracts/README.md.
+    function test_RedeemPayment_TwoLiarsOfThreeSwingTheOutcome() public {
+        uint256 id = _running(3, 3);
+        address[] memory vs = _verifiers(id);
+        address w = _agreement(id).worker;
+        for (uint256 e; e < 3; ++e) {
+            _report(id, e, 7, 1); // the worker is up: v0 says ok, v1 and v2 lie "failed"
+        }
+        WorkAgreement.Record memory a = _agreement(id);
+        assertEq(a.servedEpochs, 0);
+        assertEq(a.failedEpochs, 3);
+        _settle(id);
+        assertEq(d.credits(w), 0, "the honest worker is not paid");
+        assertEq(d.getWorker(w).stake, MIN_STAKE - 3 * uint256(SLASH), "and is slashed");
+        assertEq(d.credits(vs[0]), 0, "the honest verifier is outvoted");
+        assertEq(d.credits(vs[1]), 3 * uint256(VERIFIER_FEE), "the liars are paid");
+        assertEq(d.credits(vs[2]), 3 * uint256(VERIFIER_FEE), "the liars are paid");
+        assertEq(
+            d.credits(client),
+            3 * uint256(EPOCH) * PRICE + 3 * uint256(VERIFIER_FEE) + 3 * uint256(SLASH)
+        );
         _assertSolvent();
     }
 

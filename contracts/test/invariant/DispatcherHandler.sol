@@ -277,6 +277,26 @@ contract DispatcherHandler is Test {
         vm.warp(block.timestamp + epochLength);
     }
 
+    /// @dev The verifiers disagree on an epoch: every verifier reports on the current epoch,
+    /// verifier i saying ok iff bit i of `mask` is set (a liar outvoted, a tie, or liars
+    /// forming the majority), then time moves one epoch on.
+    function dissent(uint256 seed, uint8 mask) external {
+        uint256 id = _idIn(seed, WorkAgreement.State.Running);
+        (address[] memory vs,) = d.verifiersOf(id);
+        (bool started, uint256 current,) = d.epochOf(id);
+        if (!started) return;
+        bool any;
+        for (uint256 i; i < vs.length; ++i) {
+            vm.prank(vs[i]);
+            try d.provideVerification(id, current, (mask >> i) & 1 == 1) {
+                any = true;
+                _hit("verify");
+            } catch {}
+        }
+        if (any) _hit("dissent");
+        vm.warp(block.timestamp + epochLength);
+    }
+
     function terminate(uint256 seed) external {
         uint256 id = _idIn(seed, WorkAgreement.State.Running);
         WorkAgreement.Record memory a = d.getAgreement(id);
@@ -298,6 +318,55 @@ contract DispatcherHandler is Test {
         } catch {}
     }
 
+    /// @dev The model of verifier pay: per verifier, its reports on epochs before `endEpoch`
+    /// that agreed with the epoch's majority, counted one epoch and one verifier at a time.
+    function _agreedReports(uint256 id, WorkAgreement.Record memory a)
+        internal
+        view
+        returns (uint256[] memory agreed)
+    {
+        uint256 count = a.verifierCount;
+        agreed = new uint256[](count);
+        for (uint256 e; e < a.endEpoch; ++e) {
+            (uint8 reported, uint8 ok,) = d.reportsOf(id, e);
+            uint256 oks;
+            uint256 fails;
+            for (uint256 i; i < count; ++i) {
+                if ((reported >> i) & 1 == 0) continue;
+                if ((ok >> i) & 1 == 1) ++oks;
+                else ++fails;
+            }
+            if (oks == fails) continue; // a tie or no report: nobody is paid
+            for (uint256 i; i < count; ++i) {
+                if ((reported >> i) & 1 == 1 && (((ok >> i) & 1 == 1) == (oks > fails))) {
+                    ++agreed[i];
+                }
+            }
+        }
+    }
+
+    /// @dev After a settlement: each verifier was credited exactly `fee` per agreeing report,
+    /// the worker exactly its served epochs.
+    function _checkShares(
+        uint256 id,
+        WorkAgreement.Record memory a,
+        uint256[] memory agreed,
+        uint256[] memory before,
+        uint256 workerBefore
+    ) internal {
+        (address[] memory vs,) = d.verifiersOf(id);
+        for (uint256 i; i < vs.length; ++i) {
+            if (d.credits(vs[i]) - before[i] != agreed[i] * fee) _violation("verifier pay");
+        }
+        a = d.getAgreement(id);
+        if (
+            d.credits(a.worker) - workerBefore
+                != uint256(a.servedEpochs) * epochLength * a.pricePerSecond
+        ) {
+            _violation("worker pay");
+        }
+    }
+
     function redeem(uint256 seed, uint256 who) external {
         uint256 id = _idIn(
             seed, seed % 2 == 0 ? WorkAgreement.State.Running : WorkAgreement.State.Terminated
@@ -305,6 +374,13 @@ contract DispatcherHandler is Test {
         WorkAgreement.Record memory a = d.getAgreement(id);
         uint256 cb = _creditsOfParties(id);
         uint256 sb = d.getWorker(a.worker).stake;
+        uint256[] memory agreed = _agreedReports(id, a);
+        (address[] memory vs,) = d.verifiersOf(id);
+        uint256[] memory vb = new uint256[](vs.length);
+        for (uint256 i; i < vs.length; ++i) {
+            vb[i] = d.credits(vs[i]);
+        }
+        uint256 wb = d.credits(a.worker);
         bool due =
             (a.state == WorkAgreement.State.Running || a.state == WorkAgreement.State.Terminated)
                 && block.timestamp
@@ -312,6 +388,7 @@ contract DispatcherHandler is Test {
         vm.prank(_actor(who));
         try d.redeemPayment(id) {
             _closed(id, cb, sb);
+            _checkShares(id, a, agreed, vb, wb);
             _hit("redeem");
         } catch {
             // settlement can never be blocked once due (e.g. by an exhausted stake)

@@ -28,8 +28,10 @@ contract WorkerDispatcherInvariantTest is DispatcherFixture {
     }
 
     /// @dev No wrong success was ever observed: nobody settled twice, only verifiers verified,
-    /// settlement always credited exactly escrow plus slash, stakes never grew on settlement,
-    /// settlement was never blocked once due, withdrawals paid exactly the credit once.
+    /// settlement always credited exactly escrow plus slash, each verifier exactly the fee of
+    /// its reports that agreed with their epoch's outcome and the worker its served epochs,
+    /// stakes never grew on settlement, settlement was never blocked once due, withdrawals paid
+    /// exactly the credit once.
     function invariant_NoViolation() public view {
         assertEq(h.violations(), 0, h.lastViolation());
     }
@@ -86,6 +88,7 @@ contract WorkerDispatcherInvariantTest is DispatcherFixture {
         h.ready(0);
         h.ready(1);
         h.verify(1, 1, 1, true);
+        h.dissent(1, 1); // 2 verifiers: v0 ok, v1 failed, a tie
         h.outage(0);
         h.outage(0);
         h.outage(0);
@@ -112,7 +115,7 @@ contract WorkerDispatcherInvariantTest is DispatcherFixture {
             h.leaveOrRejoin(i);
             h.leaveOrRejoin(i);
         }
-        string[15] memory names = [
+        string[16] memory names = [
             "buy",
             "accept",
             "ready",
@@ -120,6 +123,7 @@ contract WorkerDispatcherInvariantTest is DispatcherFixture {
             "cancel",
             "abort",
             "verify",
+            "dissent",
             "terminate",
             "redeem",
             "withdraw",
