@@ -240,11 +240,21 @@ impl WorkerSpec {
     /// Eight host ports for the worker's containers, picked from its directory so that local
     /// workers do not share them.
     pub fn work_ports(&self) -> (u16, u16) {
+        let first = self.port_block();
+        (first, first + 7)
+    }
+
+    /// The transfer server's port, next to the work ports: fixed for the directory, so a
+    /// restarted daemon is where its clients and verifiers were told it is.
+    pub fn transfer_port(&self) -> u16 {
+        self.port_block() + 8
+    }
+
+    fn port_block(&self) -> u16 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.dir.hash(&mut h);
-        let first = 20_000 + (h.finish() % 1_000) as u16 * 8;
-        (first, first + 7)
+        20_000 + (h.finish() % 1_000) as u16 * 9
     }
 
     /// Writes the worker's config file: no confirmations on a local chain (it does not reorg by
@@ -255,7 +265,7 @@ impl WorkerSpec {
             "[chain]\nrpc_url = \"{rpc}\"\n{ws}deployment_file = \"{deployment}\"\nconfirmations = 0\n\
              poll_interval = \"{poll}\"\n\n[worker]\nprice_per_second = \"{price}\"\nstake = \"1 ether\"\n{extra}\n\
              [state]\ndir = \"{state}\"\n\n[api]\ncontrol_socket = \"{socket}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\n\
-             [work]\ntransfer_listen = \"127.0.0.1:0\"\nannounce_host = \"127.0.0.1\"\npublish_ip = \"127.0.0.1\"\n\
+             [work]\ntransfer_listen = \"127.0.0.1:{transfer}\"\nannounce_host = \"127.0.0.1\"\npublish_ip = \"127.0.0.1\"\n\
              ports = \"{first}-{last}\"\n\n\
                           [nat]\nmode = \"off\"\n",
             rpc = self.rpc_url,
@@ -266,6 +276,7 @@ impl WorkerSpec {
             extra = self.extra,
             state = self.state_dir().display(),
             socket = self.socket().display(),
+            transfer = self.transfer_port(),
             first = self.work_ports().0,
             last = self.work_ports().1,
         );

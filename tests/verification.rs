@@ -107,18 +107,7 @@ impl Market {
         let client = keys[9].clone();
         let key_file = dir.join("client.key");
         std::fs::write(&key_file, alloy::hex::encode(client.to_bytes())).unwrap();
-        Market {
-            anvil,
-            dir,
-            deployment_file,
-            dispatcher,
-            provider,
-            runtime,
-            workers,
-            client,
-            key_file,
-            tag,
-        }
+        Market { anvil, dir, deployment_file, dispatcher, provider, runtime, workers, client, key_file, tag }
     }
 
     fn dispatcher(&self) -> WorkerDispatcher::WorkerDispatcherInstance<&DynProvider> {
@@ -194,7 +183,8 @@ impl Market {
     async fn gas_spent(&self, who: Address, from: u64, to: u64) -> U256 {
         let mut spent = U256::ZERO;
         for b in from + 1..=to {
-            let receipts = self.provider.get_block_receipts(BlockId::number(b)).await.unwrap().unwrap_or_default();
+            let receipts =
+                self.provider.get_block_receipts(BlockId::number(b)).await.unwrap().unwrap_or_default();
             for r in receipts.iter().filter(|r| r.from == who) {
                 spent += U256::from(r.gas_used) * U256::from(r.effective_gas_price);
             }
@@ -204,12 +194,22 @@ impl Market {
 
     /// Logs of event `E` about agreement `id` (topic 1).
     async fn events<E: SolEvent>(&self, id: u64) -> Vec<E> {
-        let filter = Filter::new()
-            .address(self.dispatcher)
-            .event_signature(E::SIGNATURE_HASH)
-            .topic1(alloy::primitives::B256::from(U256::from(id)))
-            .from_block(0);
-        self.provider.get_logs(&filter).await.unwrap().iter().filter_map(|l| l.log_decode::<E>().ok()).map(|l| l.inner.data).collect()
+        self.events_at(1, id).await
+    }
+
+    /// Logs of event `E` whose topic `n` (1 or 2) is agreement `id`.
+    async fn events_at<E: SolEvent>(&self, n: u8, id: u64) -> Vec<E> {
+        let topic = alloy::primitives::B256::from(U256::from(id));
+        let filter = Filter::new().address(self.dispatcher).event_signature(E::SIGNATURE_HASH).from_block(0);
+        let filter = if n == 1 { filter.topic1(topic) } else { filter.topic2(topic) };
+        self.provider
+            .get_logs(&filter)
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|l| l.log_decode::<E>().ok())
+            .map(|l| l.inner.data)
+            .collect()
     }
 
     /// `Withdrawn` logs of `who`.
@@ -278,11 +278,23 @@ impl Market {
 }
 
 /// Checks that `who`'s balance moved by exactly `received` minus its own gas between the blocks.
-async fn assert_balance(m: &Market, who: Address, what: &str, from: u64, to: u64, received: U256, paid: U256) {
+async fn assert_balance(
+    m: &Market,
+    who: Address,
+    what: &str,
+    from: u64,
+    to: u64,
+    received: U256,
+    paid: U256,
+) {
     let before = m.balance_at(who, from).await;
     let after = m.balance_at(who, to).await;
     let gas = m.gas_spent(who, from, to).await;
-    assert_eq!(after + gas + paid, before + received, "{what} {who}: before {before}, after {after}, gas {gas}");
+    assert_eq!(
+        after + gas + paid,
+        before + received,
+        "{what} {who}: before {before}, after {after}, gas {gas}"
+    );
 }
 
 /// 1. An honest run: every epoch served, everyone paid exactly its share, the contract keeps
@@ -307,7 +319,8 @@ async fn an_honest_agreement_pays_worker_verifiers_and_refunds_the_client_to_the
     assert_eq!((r.servedEpochs, r.failedEpochs), (U256::from(epochs), U256::ZERO), "{}", m.logs());
     let price = U256::from(a.pricePerSecond);
     assert_eq!(r.workerPay, price * U256::from(epochs * EPOCH));
-    let (verifiers, reports) = m.dispatcher().verifiersOf(U256::from(id)).call().await.map(|v| (v.accounts, v.reports)).unwrap();
+    let (verifiers, reports) =
+        m.dispatcher().verifiersOf(U256::from(id)).call().await.map(|v| (v.accounts, v.reports)).unwrap();
     assert_eq!(reports, vec![U256::from(epochs); 2], "each verifier reported every epoch on time");
     let paid = m.events::<WorkerDispatcher::VerifierPaid>(id).await;
     assert_eq!(paid.len(), 2);
@@ -342,7 +355,6 @@ async fn a_killed_container_fails_its_epochs_is_terminated_refunded_and_slashed(
     let start = m.head().await;
     let id = m.buy_ok("100s", 2).await;
     let a = m.agreement(id).await;
-    let stake_before = m.dispatcher().getWorker(a.worker).call().await.unwrap().stake;
     // The work dies and stays dead (container and image gone: nothing can restart it).
     let scope = m.scope(a.worker);
     m.runtime.remove(&scope, id).await.unwrap();
@@ -358,13 +370,26 @@ async fn a_killed_container_fails_its_epochs_is_terminated_refunded_and_slashed(
     let r = &m.events::<WorkerDispatcher::PaymentRedeemed>(id).await[0];
     let (served, failed) = (r.servedEpochs.to::<u64>(), r.failedEpochs.to::<u64>());
     assert!(failed >= 2 && served <= 1, "served {served}, failed {failed}");
-    assert_eq!(r.workerPay, U256::from(a.pricePerSecond) * U256::from(served * EPOCH), "paid only what was served");
+    assert_eq!(
+        r.workerPay,
+        U256::from(a.pricePerSecond) * U256::from(served * EPOCH),
+        "paid only what was served"
+    );
     let slash = U256::from(failed as u128 * SLASH);
-    let stake_after = m.dispatcher().getWorker(a.worker).call().await.unwrap().stake;
-    assert_eq!(U256::from(stake_before) - U256::from(stake_after), slash, "the stake paid for each failed epoch");
+    let slashed = m.events_at::<WorkerDispatcher::StakeSlashed>(2, id).await;
+    assert_eq!(slashed.len(), 1);
+    assert_eq!(
+        (slashed[0].worker, slashed[0].amount),
+        (a.worker, slash),
+        "the stake paid for each failed epoch"
+    );
     let escrow = m.escrow(id).await;
     let fees: U256 = m.events::<WorkerDispatcher::VerifierPaid>(id).await.iter().map(|p| p.fee).sum();
-    assert_eq!(r.clientRefund, escrow - r.workerPay - fees + slash, "refund of the unserved time, plus the slash");
+    assert_eq!(
+        r.clientRefund,
+        escrow - r.workerPay - fees + slash,
+        "refund of the unserved time, plus the slash"
+    );
     assert_balance(&m, m.client.address(), "client", start, end, r.clientRefund, escrow).await;
     m.cleanup().await;
 }
@@ -407,7 +432,13 @@ async fn a_lying_or_silent_verifier_is_not_paid_and_cannot_swing_an_honest_major
     let lies = m.as_party(&liar);
     let mut lied = 0;
     while lied < epochs {
-        let (started, epoch, _) = m.dispatcher().epochOf(U256::from(id)).call().await.map(|e| (e.started, e.epoch.to::<u64>(), e.reportDeadline)).unwrap();
+        let (started, epoch, _) = m
+            .dispatcher()
+            .epochOf(U256::from(id))
+            .call()
+            .await
+            .map(|e| (e.started, e.epoch.to::<u64>(), e.reportDeadline))
+            .unwrap();
         if started && epoch >= lied && epoch < epochs {
             lies.provideVerification(U256::from(id), U256::from(epoch), false)
                 .send()
@@ -426,15 +457,21 @@ async fn a_lying_or_silent_verifier_is_not_paid_and_cannot_swing_an_honest_major
     m.wait_settled(id, 5).await;
 
     let r = &m.events::<WorkerDispatcher::PaymentRedeemed>(id).await[0];
-    assert_eq!((r.servedEpochs.to::<u64>(), r.failedEpochs.to::<u64>()), (epochs, 0), "the honest majority stands");
+    assert_eq!(
+        (r.servedEpochs.to::<u64>(), r.failedEpochs.to::<u64>()),
+        (epochs, 0),
+        "the honest majority stands"
+    );
     assert_eq!(r.workerPay, U256::from(a.pricePerSecond) * U256::from(epochs * EPOCH));
     let paid = m.events::<WorkerDispatcher::VerifierPaid>(id).await;
-    let paid_to: Vec<Address> = paid.iter().map(|p| p.verifier).collect();
-    assert!(!paid_to.contains(&liar.address()), "the liar earns nothing: {paid:?}");
-    assert!(!paid_to.contains(&silent.address()), "the silent one earns nothing: {paid:?}");
-    assert_eq!(paid.len(), 2, "the two honest verifiers are paid");
-    for p in &paid {
-        assert_eq!(p.fee, U256::from(epochs as u128 * FEE));
+    let fee_of = |who: Address| paid.iter().filter(|p| p.verifier == who).map(|p| p.fee).sum::<U256>();
+    assert!(fee_of(liar.address()).is_zero(), "the liar earns nothing: {paid:?}");
+    assert!(fee_of(silent.address()).is_zero(), "the silent one earns nothing: {paid:?}");
+    let honest: Vec<_> = paid.iter().filter(|p| !p.fee.is_zero()).collect();
+    assert_eq!(honest.len(), 2, "the two honest verifiers are paid: {paid:?}");
+    for p in honest {
+        assert_ne!(p.verifier, liar.address());
+        assert_eq!((p.reports, p.fee), (U256::from(epochs), U256::from(epochs as u128 * FEE)));
     }
     for key in [&liar, &silent] {
         assert!(m.dispatcher().credits(key.address()).call().await.unwrap().is_zero());
@@ -487,10 +524,14 @@ async fn a_worker_that_never_accepts_is_cancelled_and_the_client_gets_everything
     let escrow = m.escrow(id).await;
     let cancelled = m.events::<WorkerDispatcher::AgreementCancelled>(id).await;
     assert_eq!(cancelled.len(), 1);
-    assert_eq!(cancelled[0].refund, escrow + U256::from(PENALTY), "everything back, plus the penalty");
+    assert_eq!(cancelled[0].refund, escrow, "everything back");
+    let slashed = m.events_at::<WorkerDispatcher::StakeSlashed>(2, id).await;
+    assert_eq!(slashed.len(), 1);
+    assert_eq!((slashed[0].worker, slashed[0].amount), (offline, U256::from(PENALTY)), "plus the penalty");
     let stake_after = m.dispatcher().getWorker(offline).call().await.unwrap().stake;
     assert_eq!(U256::from(stake_before) - U256::from(stake_after), U256::from(PENALTY));
-    assert_balance(&m, m.client.address(), "client", start, end, cancelled[0].refund, escrow).await;
+    let received = escrow + U256::from(PENALTY);
+    assert_balance(&m, m.client.address(), "client", start, end, received, escrow).await;
     m.cleanup().await;
 }
 
