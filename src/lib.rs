@@ -25,7 +25,7 @@
 //! actions, and the application loop carries them out through one small trait per outside
 //! system. Only the adapter for a system knows its library.
 //!
-//! ## Code map (what exists today; `verify/` in the diagram comes with its issue)
+//! ## Code map
 //!
 //! - `main.rs`: thin entry: parse the command line, set up logging, map errors to an exit code.
 //! - [`cli`]: the subcommands (`daemon`, `status`, `leave`, `pause`, `resume`, `reload`, `dev`,
@@ -39,19 +39,31 @@
 //!   carries out the core's work decisions: opens the client's hello and seals the offer,
 //!   publishes the transfer server's gate (who may push what), starts containers (then probes
 //!   them) and stops them, and re-adopts them after a restart; its reports (image loaded,
-//!   started, failed) come back as `Trigger::Work`.
+//!   started, failed) come back as `Trigger::Work`. [`app::verify`] is the verifier's side:
+//!   it opens the worker's watch letter (checking its probe against the client's commitment
+//!   on chain) and carries out the core's `Action::Probe`: the client's probe at the work's
+//!   endpoint plus the worker's signed [`health`] report, fetched over the pinned TLS of the
+//!   worker's transfer server; the verdict comes back as `WorkEvent::Probed`, which the core
+//!   turns into a `provideVerification` intent.
+//! - [`health`]: the worker's health report (container state, restarts, uptime, CPU, memory,
+//!   tasks) bound to chain, dispatcher, agreement and the verifier's nonce, signed (EIP-191)
+//!   with the worker's key; the verifier's fetch and check.
 //! - [`transfer`]: the image push: the wire protocol, [`transfer::server`] (TLS, the signed
 //!   challenge, layers reused by prefix, digests checked while streaming into an `ImageSink`,
 //!   every size and silence bounded) and [`transfer::push`] (the client side);
 //!   [`transfer::archive`] reads and writes `docker save` archives.
-//! - [`letters`]: the private channel's letters (hello, offer), sealed to the recipient and
+//! - [`letters`]: the private channel's letters (hello, offer, watch), sealed to the recipient and
 //!   bound to their chain, dispatcher, agreement, sender and recipient.
 //! - [`client`]: `zeppelin client ...`: export the image, buy, write the hello, read the offer,
 //!   push, wait for `declareReady`; stateless (all it shows is read back from the chain).
 //! - [`probe`]: checking that work answers its probe (HTTP status and body hash, or TCP).
 //! - [`core`]: the pure state machine `Node::on_event(event) -> actions`: registration
 //!   reconciled against the operator's goal, the agreement lifecycle, intents in flight, and
-//!   [`core::work`]: each agreement's deployment (awaiting image, loaded, started, stopped).
+//!   [`core::work`]: each agreement's deployment (awaiting image, loaded, started, stopped);
+//!   as a verifier, one probe per epoch at a moment drawn from a secret of its own (so the
+//!   worker cannot be up only then), each verdict reported while its window is open, its fees
+//!   collected if the worker does not settle; as a worker, watch letters to its verifiers,
+//!   termination after a closed run of failed epochs, settlement and withdrawal.
 //! - [`chain`]: the only module that speaks Ethereum: the `Chain` trait and `AlloyChain`,
 //!   bindings generated from `contracts/abi/`, log decoding, the deployment file, and
 //!   [`chain::market`], the client's side (choose a class, buy, letters, follow, cancel).
@@ -96,6 +108,8 @@
 //!   topic; nothing scans the market, so the cost per block does not grow with it.
 //! - **One event loop.** Every trigger of work is a `Trigger` in `app::run`'s `select!`; the
 //!   transfer server and container starts run as tasks that report back into it.
+//! - **A verdict is the verifier's own observation**: probed within the epoch it reports on,
+//!   never after the fact (epochs missed while the daemon was down are not reported).
 //! - **A container runs only for an agreement the core says is running**: started on the
 //!   core's `Action::Start` after the pushed image matched the digest committed on chain, and
 //!   stopped on `Action::Stop` when the agreement is over; the transfer server accepts pushes
