@@ -301,3 +301,28 @@ async fn connect(w: &Worker) -> tokio_rustls::client::TlsStream<tokio::net::TcpS
     let connector = TlsConnector::from(zeppelin::tls::pinned_client_config(&w.fingerprint));
     connector.connect(ServerName::try_from("zeppelin-worker").unwrap(), tcp).await.unwrap()
 }
+
+/// A verifier's health request for an agreement that does not run here is refused with the
+/// reason, over the same pinned TLS; the server goes on serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_health_request_for_work_that_does_not_run_here_is_refused() {
+    let runtime = engine().await;
+    let w = worker(&runtime, Limits::default()).await;
+    let binding =
+        zeppelin::health::Binding { chain_id: CHAIN, dispatcher: DISPATCHER, agreement: 9, nonce: "n".into() };
+    let err = zeppelin::health::fetch(&w.addr, &w.fingerprint, &binding, DISPATCHER).await.unwrap_err();
+    assert!(
+        matches!(&err, zeppelin::health::HealthError::Refused(r) if r.contains("no work runs here for agreement 9")),
+        "{err}"
+    );
+    // Listed as running, but this server has no health source: still a refusal, not a hang.
+    w.gate.send_modify(|g| {
+        g.running.insert(9);
+    });
+    let err = zeppelin::health::fetch(&w.addr, &w.fingerprint, &binding, DISPATCHER).await.unwrap_err();
+    assert!(matches!(err, zeppelin::health::HealthError::Refused(_)), "{err}");
+    // A wrong pin is a TLS failure, not a report.
+    let wrong = "00".repeat(32);
+    let err = zeppelin::health::fetch(&w.addr, &wrong, &binding, DISPATCHER).await.unwrap_err();
+    assert!(err.to_string().contains("TLS"), "{err}");
+}
