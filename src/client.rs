@@ -846,6 +846,7 @@ mod tests {
             served: 2,
             failed: 1,
             block: 9,
+            tx: Default::default(),
         });
         s.verifier_fees.push((worker, 3, U256::from(100)));
         s.slashed = U256::from(50);

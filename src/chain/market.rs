@@ -81,6 +81,11 @@ impl Market {
         Market { provider, url, deployment, me }
     }
 
+    /// The chain's JSON-RPC endpoint.
+    pub fn rpc_url(&self) -> &str {
+        &self.url
+    }
+
     pub fn me(&self) -> Address {
         decode::address(self.me)
     }
@@ -381,6 +386,8 @@ pub struct Redeemed {
     pub served: u64,
     pub failed: u64,
     pub block: u64,
+    /// The settling transaction (anyone may send it).
+    pub tx: B256,
 }
 
 impl Settlement {
@@ -442,6 +449,7 @@ impl Settlement {
                     served: e.servedEpochs.saturating_to(),
                     failed: e.failedEpochs.saturating_to(),
                     block,
+                    tx: log.transaction_hash.unwrap_or_default(),
                 })
             }
             Ev::VerifierPaid(e) => {
@@ -630,6 +638,18 @@ impl Market {
             .map(|l| l.inner.data.amount)
             .ok_or_else(|| MarketError::Other("withdraw mined without a Withdrawn log".into()))?;
         Ok((sent, amount))
+    }
+
+    /// Who sent transaction `tx`.
+    pub async fn sender_of(&self, tx: B256) -> Result<Address, MarketError> {
+        use alloy::network::TransactionResponse;
+        let found = self
+            .provider
+            .get_transaction_by_hash(tx)
+            .await
+            .map_err(|e| self.rpc(e))?
+            .ok_or_else(|| MarketError::Other(format!("the node does not know transaction {tx}")))?;
+        Ok(decode::address(found.from()))
     }
 
     /// The timestamp of block `number`.
