@@ -542,7 +542,7 @@ pub async fn list(market: &Market) -> anyhow::Result<String> {
     }
     let settlements = market.my_settlements().await?;
     let mut out = String::from(
-        "ID  STATE       WORKER                                      BLOCK  ESCROWED (wei)         REFUNDED (wei)\n",
+        "ID  STATE       WORKER                                      BLOCK  ESCROWED (wei)         GOT BACK (wei)\n",
     );
     for (id, block) in mine {
         let r = market.agreement(id).await?;

@@ -203,6 +203,8 @@ impl Net {
             .unwrap();
         let out = String::from_utf8_lossy(&output.stdout).into_owned();
         let err = String::from_utf8_lossy(&output.stderr).into_owned();
+        // Shown with --nocapture: the commands' output as a user sees it.
+        println!("$ zeppelin client {}\n{out}{err}", args.join(" "));
         (output.status.success(), out, err)
     }
 
