@@ -85,6 +85,24 @@ pub enum ClientCommand {
         /// The agreement.
         id: u64,
     },
+    /// Settle an agreement whose last reporting window has closed, if its worker has not
+    /// (anyone may): the worker, the verifiers and you are credited your shares.
+    Redeem {
+        #[command(flatten)]
+        market: MarketArgs,
+        /// The agreement.
+        id: u64,
+    },
+    /// End a running agreement early after a run of failed epochs (the protocol's
+    /// `maxConsecutiveFailures`): the epochs after the current one are refunded.
+    Terminate {
+        #[command(flatten)]
+        market: MarketArgs,
+        /// The agreement.
+        id: u64,
+    },
+    /// Send your credits on the dispatcher (refunds) to your address.
+    Withdraw(MarketArgs),
 }
 
 /// Which chain and dispatcher, and whose key.
@@ -354,10 +372,22 @@ async fn client(command: ClientCommand) -> anyhow::Result<()> {
         }
         ClientCommand::Cancel { market: args, id } => {
             let (market, _) = market(&args)?;
-            market.cancel(id).await?;
-            println!(
-                "agreement {id} cancelled: the escrow is credited back to you (withdraw it from the dispatcher)"
-            );
+            print!("{}", crate::client::cancel(&market, id).await?);
+            Ok(())
+        }
+        ClientCommand::Redeem { market: args, id } => {
+            let (market, _) = market(&args)?;
+            print!("{}", crate::client::redeem(&market, id).await?);
+            Ok(())
+        }
+        ClientCommand::Terminate { market: args, id } => {
+            let (market, _) = market(&args)?;
+            print!("{}", crate::client::terminate(&market, id).await?);
+            Ok(())
+        }
+        ClientCommand::Withdraw(args) => {
+            let (market, _) = market(&args)?;
+            print!("{}", crate::client::withdraw(&market).await?);
             Ok(())
         }
     }

@@ -12,7 +12,9 @@ use alloy::primitives::U256;
 use anyhow::{Context, bail};
 
 use crate::chain::decode;
-use crate::chain::market::{Bought, Market, STATES, Wants};
+use crate::chain::market::{
+    Bought, Market, MarketError, OUTCOME_FAILED, OUTCOME_SERVED, Reports, STATES, Sent, Settlement, Wants,
+};
 use crate::core::types::{Address, AgreementId};
 use crate::core::work::Probe;
 use crate::identity::Identity;
@@ -271,46 +273,465 @@ async fn wait_for_running(market: &Market, id: AgreementId, wait: Duration) -> a
     }
 }
 
-/// One agreement, as `zeppelin client status` shows it.
+/// The protocol's clock, as the client needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub epoch_length: u64,
+    pub report_grace: u64,
+    pub max_consecutive_failures: u64,
+}
+
+impl Timing {
+    pub fn from_params(p: &crate::chain::bindings::WorkerDispatcher::Params) -> Self {
+        Timing {
+            epoch_length: p.epochLength.into(),
+            report_grace: p.reportGrace.into(),
+            max_consecutive_failures: p.maxConsecutiveFailures.into(),
+        }
+    }
+
+    /// When the reporting window of epoch `epoch` closes (for an agreement started at `started`).
+    pub fn closes_at(&self, started: u64, epoch: u64) -> u64 {
+        started + (epoch + 1) * self.epoch_length + self.report_grace
+    }
+}
+
+/// An epoch as the client sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not begun yet.
+    ToCome,
+    /// Being served (verifiers may report already).
+    Open,
+    /// Over, its reporting window still open, no report so far.
+    NotYetReported,
+    /// Over, its reporting window still open, with reports (the outcome may still change).
+    Reporting,
+    Served,
+    Failed,
+    /// A tie, or nobody reported: neither paid nor slashed.
+    Unjudged,
+    /// After a termination: refunded.
+    Cut,
+}
+
+impl Verdict {
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::ToCome => "to come",
+            Verdict::Open => "open",
+            Verdict::NotYetReported => "not yet reported",
+            Verdict::Reporting => "reporting",
+            Verdict::Served => "served",
+            Verdict::Failed => "failed",
+            Verdict::Unjudged => "unjudged",
+            Verdict::Cut => "refunded (terminated)",
+        }
+    }
+}
+
+/// The verdict on `epoch` at chain time `now`, for an agreement started at `started` whose
+/// epochs end at `end_epoch` (its length, or where it was terminated).
+pub fn verdict(epoch: u64, r: &Reports, started: u64, end_epoch: u64, t: &Timing, now: u64) -> Verdict {
+    if epoch >= end_epoch {
+        return Verdict::Cut;
+    }
+    let opens = started + epoch * t.epoch_length;
+    if now < opens {
+        Verdict::ToCome
+    } else if now < opens + t.epoch_length {
+        Verdict::Open
+    } else if now < t.closes_at(started, epoch) {
+        if r.reported == 0 { Verdict::NotYetReported } else { Verdict::Reporting }
+    } else {
+        match r.outcome {
+            OUTCOME_SERVED => Verdict::Served,
+            OUTCOME_FAILED => Verdict::Failed,
+            _ => Verdict::Unjudged,
+        }
+    }
+}
+
+/// The first epoch of a run of `max_consecutive_failures` failed epochs whose reporting windows
+/// have all closed at `now`: what `terminateAgreement` takes.
+pub fn failed_run(reports: &[Reports], started: u64, end_epoch: u64, t: &Timing, now: u64) -> Option<u64> {
+    let k = t.max_consecutive_failures.max(1);
+    let end = end_epoch.min(reports.len() as u64);
+    (0..end.saturating_sub(k - 1)).find(|&first| {
+        let last = first + k - 1;
+        now >= t.closes_at(started, last)
+            && (first..=last).all(|e| reports[e as usize].outcome == OUTCOME_FAILED)
+    })
+}
+
+/// "N of M reported, K ok".
+fn report_counts(r: &Reports, verifiers: u8) -> String {
+    if r.reported == 0 {
+        return "no report".into();
+    }
+    format!("{} of {verifiers} reported, {} ok", r.reported.count_ones(), r.ok.count_ones())
+}
+
+/// An exact amount with a readable figure: "1500000000000000 wei (0.0015 ETH)".
+pub fn amount(wei: U256) -> String {
+    format!("{wei} wei ({})", crate::api::render::format_eth(wei.saturating_to()))
+}
+
+/// A chain timestamp, in UTC.
+pub fn when(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// `at` relative to `now`: "in 12 s" or "12 s ago".
+fn relative(at: u64, now: u64) -> String {
+    if at >= now { format!("in {} s", at - now) } else { format!("{} s ago", now - at) }
+}
+
+fn state_name(state: u8) -> &'static str {
+    STATES.get(state as usize).copied().unwrap_or("unknown")
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// One agreement, as `zeppelin client status` shows it: its state, each epoch's verdict, the
+/// verifiers, and once settled where the money went.
 pub async fn status(market: &Market, identity: &Identity, id: AgreementId) -> anyhow::Result<String> {
     let r = market.agreement(id).await?;
-    let state = STATES.get(r.state as usize).copied().unwrap_or("unknown");
+    let state = state_name(r.state);
     if state == "none" {
         bail!("there is no agreement {id} on this dispatcher");
     }
+    let p = market.params().await?;
+    let t = Timing::from_params(&p);
+    let now = market.now().await?;
+    let line = |label: &str, value: &str| format!("  {label:<13} {value}\n");
     let mut out = format!("agreement {id}: {state}\n");
-    out += &format!("  client        {}\n  worker        {}\n", r.client, r.worker);
-    out += &format!(
-        "  price         {} wei/s, {} epochs, {} verifier(s)\n",
-        r.pricePerSecond, r.epochs, r.verifierCount
+    out += &line("client", &r.client.to_string());
+    out += &line("worker", &r.worker.to_string());
+    out += &line(
+        "price",
+        &format!(
+            "{} wei/s, {} epoch{} of {} s, {} verifier(s)",
+            r.pricePerSecond,
+            r.epochs,
+            plural(r.epochs.into()),
+            t.epoch_length,
+            r.verifierCount
+        ),
     );
-    if r.startedAt.to::<u64>() > 0 {
-        out += &format!(
-            "  started at    {} (served epochs {}, failed {})\n",
-            r.startedAt, r.servedEpochs, r.failedEpochs
+    let started: u64 = r.startedAt.to::<u64>();
+    let end_epoch: u64 = r.endEpoch.into();
+    if started > 0 {
+        out += &line(
+            "started at",
+            &format!("{} (served epochs {}, failed {})", when(started), r.servedEpochs, r.failedEpochs),
+        );
+        if end_epoch < r.epochs.into() {
+            out += &line("terminated", &format!("epochs from {end_epoch} on are refunded"));
+        }
+        if matches!(state, "running" | "terminated") {
+            let settles = t.closes_at(started, end_epoch.saturating_sub(1));
+            let who = if now >= settles {
+                format!("now (`zeppelin client redeem {id}` if the worker has not)")
+            } else {
+                relative(settles, now)
+            };
+            out += &line("settles at", &format!("{}, {who}", when(settles)));
+        }
+    } else if state == "created" {
+        let deadline = r.createdAt.to::<u64>() + u64::from(p.acceptWindow);
+        out += &line(
+            "accept until",
+            &format!(
+                "{} ({}; then `zeppelin client cancel {id}` refunds all)",
+                when(deadline),
+                relative(deadline, now)
+            ),
         );
     }
     if decode::address(r.client) == market.me()
         && let Some(offer) = read_offer(market, identity, id, decode::address(r.worker), 0).await?
     {
-        out += &format!("  work          {}\n  transfer      {}\n", offer.work, offer.transfer);
+        out += &line("work", &offer.work);
+        out += &line("transfer", &offer.transfer);
     }
+
+    if started > 0 {
+        // Reports exist only up to the current epoch: later ones are read as empty, not asked for.
+        let current = now.saturating_sub(started) / t.epoch_length.max(1);
+        let reports = market.reports_of(id, end_epoch.min(current + 1)).await?;
+        out += "  epochs\n";
+        let mut rows: Vec<(u64, u64, String)> = Vec::new();
+        for e in 0..u64::from(r.epochs) {
+            let rep = reports.get(e as usize).copied().unwrap_or_default();
+            let v = verdict(e, &rep, started, end_epoch, &t, now);
+            let text = match v {
+                Verdict::ToCome | Verdict::Cut | Verdict::NotYetReported => v.label().to_owned(),
+                _ => format!("{:<17} {}", v.label(), report_counts(&rep, r.verifierCount)),
+            };
+            match rows.last_mut() {
+                Some((_, last, prev)) if *prev == text => *last = e,
+                _ => rows.push((e, e, text)),
+            }
+        }
+        for (first, last, text) in rows {
+            let span = if first == last { format!("{first}") } else { format!("{first}-{last}") };
+            out += &format!("    {span:<11} {text}\n");
+        }
+    }
+    let verifiers = market.verifiers_of(id).await?;
+    for (i, (v, reports)) in verifiers.iter().enumerate() {
+        let label = if i == 0 { "verifiers" } else { "" };
+        out += &line(
+            label,
+            &format!("{} {reports} on-time report{}", decode::eth_address(*v), plural(*reports)),
+        );
+    }
+
+    let s = market.settlement(id).await?;
+    if let Some((escrow, block)) = s.escrow {
+        out += &line("escrowed", &format!("{} by the client (block {block})", amount(escrow)));
+    }
+    if s.settled() {
+        if let Some(red) = &s.redeemed {
+            out += &line(
+                "settled",
+                &format!("in block {} ({} served, {} failed epoch(s))", red.block, red.served, red.failed),
+            );
+        } else if s.aborted.is_some() {
+            out +=
+                &line("settled", "aborted: the work was never declared ready; the held slot's cost is split");
+        } else {
+            out +=
+                &line("settled", "cancelled: the worker did not accept; everything back, plus its penalty");
+        }
+        out += &line("worker earned", &amount(s.worker_earned().unwrap_or_default()));
+        for (v, reports, fee) in &s.verifier_fees {
+            out += &line(
+                "verifier fee",
+                &format!(
+                    "{} to {} for {reports} report{}",
+                    amount(*fee),
+                    decode::eth_address(*v),
+                    plural(*reports)
+                ),
+            );
+        }
+        if !s.slashed.is_zero() {
+            out += &line("slashed", &format!("{} from the worker's stake, to the client", amount(s.slashed)));
+        }
+        out += &line("refunded", &format!("{} to the client", amount(s.client_back().unwrap_or_default())));
+        if let Some(held) = s.still_held() {
+            out += &line("still held", &amount(held));
+        }
+    }
+    let credits = market.credits(market.me()).await?;
+    let hint = if credits.is_zero() { String::new() } else { " (`zeppelin client withdraw`)".into() };
+    out += &line(
+        "your credits",
+        &format!("{} withdrawable by {}{hint}", amount(credits), decode::eth_address(market.me())),
+    );
     Ok(out)
 }
 
-/// Our agreements, one line each.
+/// Our agreements, one line each, with what each cost once settled.
 pub async fn list(market: &Market) -> anyhow::Result<String> {
     let mine = market.my_agreements().await?;
     if mine.is_empty() {
         return Ok(format!("no agreements bought by {}\n", market.me()));
     }
-    let mut out = String::from("ID  STATE       WORKER                                      BLOCK\n");
+    let settlements = market.my_settlements().await?;
+    let mut out = String::from(
+        "ID  STATE       WORKER                                      BLOCK  ESCROWED (wei)         GOT BACK (wei)\n",
+    );
     for (id, block) in mine {
         let r = market.agreement(id).await?;
-        let state = STATES.get(r.state as usize).copied().unwrap_or("unknown");
-        out += &format!("{id:<3} {state:<11} {:<43} {block}\n", r.worker.to_string());
+        let state = state_name(r.state);
+        let s = settlements.get(&id).cloned().unwrap_or_default();
+        let escrow = s.escrow.map(|(e, _)| e.to_string()).unwrap_or_else(|| "-".into());
+        let back = s.client_back().map(|b| b.to_string()).unwrap_or_else(|| "-".into());
+        out += &format!("{id:<3} {state:<11} {:<43} {block:<6} {escrow:<22} {back}\n", r.worker.to_string());
+    }
+    let credits = market.credits(market.me()).await?;
+    if !credits.is_zero() {
+        out += &format!("{} withdrawable: `zeppelin client withdraw`\n", amount(credits));
     }
     Ok(out)
+}
+
+/// Whether a client command's error is the contract's custom error `name`.
+fn reverted_with(e: &MarketError, name: &str) -> bool {
+    matches!(e, MarketError::Reverted { reason, .. } if reason.contains(name))
+}
+
+fn sent_line(sent: &Sent) -> String {
+    format!("block {}, tx {}, gas fee {} wei", sent.block, sent.tx, sent.fee)
+}
+
+/// What a settled agreement's money did, for the client's eyes.
+fn settled_line(s: &Settlement) -> String {
+    format!(
+        "the worker earned {}, the verifiers {}, you got back {}",
+        amount(s.worker_earned().unwrap_or_default()),
+        amount(s.verifiers_earned()),
+        amount(s.client_back().unwrap_or_default())
+    )
+}
+
+/// `zeppelin client redeem`: settles an agreement whose last reporting window has closed.
+/// An agreement already settled is said so (success: there is nothing left to do).
+pub async fn redeem(market: &Market, id: AgreementId) -> anyhow::Result<String> {
+    let r = market.agreement(id).await?;
+    let state = state_name(r.state);
+    match state {
+        "none" => bail!("there is no agreement {id} on this dispatcher"),
+        "finished" | "cancelled" | "aborted" => {
+            let s = market.settlement(id).await?;
+            return Ok(format!("agreement {id} is already settled ({state}): {}\n", settled_line(&s)));
+        }
+        "running" | "terminated" => {}
+        other => bail!("agreement {id} is {other}: it never started, so there is nothing to redeem"),
+    }
+    let t = Timing::from_params(&market.params().await?);
+    let closes = t.closes_at(r.startedAt.to::<u64>(), u64::from(r.endEpoch).saturating_sub(1));
+    let now = market.now().await?;
+    if now < closes {
+        bail!(
+            "agreement {id} is {state}: it settles at {}, in {} s (when the reporting window of its last epoch closes)",
+            when(closes),
+            closes - now
+        );
+    }
+    match market.redeem(id).await {
+        Ok((sent, s)) => Ok(format!("agreement {id} settled ({}): {}\n", sent_line(&sent), settled_line(&s))),
+        // Someone (the worker) settled it between our read and our estimate.
+        Err(e) if reverted_with(&e, "WrongState") => {
+            let s = market.settlement(id).await?;
+            Ok(format!("agreement {id} is already settled: {}\n", settled_line(&s)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `zeppelin client terminate`: ends a running agreement after a run of failed epochs.
+pub async fn terminate(market: &Market, id: AgreementId) -> anyhow::Result<String> {
+    let r = market.agreement(id).await?;
+    let state = state_name(r.state);
+    let t = Timing::from_params(&market.params().await?);
+    let started = r.startedAt.to::<u64>();
+    match state {
+        "none" => bail!("there is no agreement {id} on this dispatcher"),
+        "running" => {}
+        "terminated" => {
+            let closes = t.closes_at(started, u64::from(r.endEpoch).saturating_sub(1));
+            return Ok(format!(
+                "agreement {id} is already terminated: epochs from {} on are refunded; it settles at {}\n",
+                r.endEpoch,
+                when(closes)
+            ));
+        }
+        "finished" => {
+            return Ok(format!("agreement {id} is already settled (finished): nothing to terminate\n"));
+        }
+        other => bail!("agreement {id} is {other}: only a running agreement can be terminated"),
+    }
+    let end_epoch = u64::from(r.endEpoch);
+    let now = market.now().await?;
+    let current = now.saturating_sub(started) / t.epoch_length.max(1);
+    let reports = market.reports_of(id, end_epoch.min(current + 1)).await?;
+    let Some(first) = failed_run(&reports, started, end_epoch, &t, now) else {
+        let seen: Vec<String> = reports
+            .iter()
+            .enumerate()
+            .map(|(e, rep)| verdict(e as u64, rep, started, end_epoch, &t, now))
+            .take_while(|v| *v != Verdict::ToCome)
+            .enumerate()
+            .map(|(e, v)| format!("{e} {}", v.label()))
+            .collect();
+        bail!(
+            "agreement {id} cannot be terminated: no {} failed epochs in a row with their reporting windows closed (epochs so far: {})",
+            t.max_consecutive_failures,
+            if seen.is_empty() { "none".to_owned() } else { seen.join(", ") }
+        );
+    };
+    let last = first + t.max_consecutive_failures - 1;
+    match market.terminate(id, first).await {
+        Ok((sent, end)) => {
+            let closes = t.closes_at(started, end.saturating_sub(1));
+            Ok(format!(
+                "agreement {id} terminated after failed epochs {first}-{last} ({}): epochs from {end} on are refunded; \
+                 it settles at {} (then the worker, or `zeppelin client redeem {id}`, settles it)\n",
+                sent_line(&sent),
+                when(closes)
+            ))
+        }
+        Err(e) if reverted_with(&e, "WrongState") => {
+            Ok(format!("agreement {id} is no longer running (already terminated or settled)\n"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `zeppelin client cancel`: takes back an agreement the worker did not accept in time.
+pub async fn cancel(market: &Market, id: AgreementId) -> anyhow::Result<String> {
+    let r = market.agreement(id).await?;
+    let state = state_name(r.state);
+    match state {
+        "none" => bail!("there is no agreement {id} on this dispatcher"),
+        "created" => {}
+        "cancelled" => {
+            let s = market.settlement(id).await?;
+            return Ok(format!("agreement {id} is already cancelled: {}\n", settled_line(&s)));
+        }
+        other => {
+            bail!("agreement {id} is {other}: only an agreement the worker has not accepted can be cancelled")
+        }
+    }
+    let deadline = r.createdAt.to::<u64>() + u64::from(market.params().await?.acceptWindow);
+    let now = market.now().await?;
+    if now < deadline {
+        bail!(
+            "agreement {id} cannot be cancelled yet: the worker may accept until {}, in {} s",
+            when(deadline),
+            deadline - now
+        );
+    }
+    match market.cancel(id).await {
+        Ok((sent, s)) => Ok(format!(
+            "agreement {id} cancelled ({}): {} credited to you (the escrow, plus {} from the worker's stake); \
+             `zeppelin client withdraw` sends it to you\n",
+            sent_line(&sent),
+            amount(s.client_back().unwrap_or_default()),
+            amount(s.slashed)
+        )),
+        Err(e) if reverted_with(&e, "WrongState") => Ok(format!(
+            "agreement {id} is no longer waiting for the worker (accepted or cancelled meanwhile)\n"
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `zeppelin client withdraw`: sends our credits (refunds) to us. Nothing to withdraw is said
+/// so, not an error.
+pub async fn withdraw(market: &Market) -> anyhow::Result<String> {
+    let me = market.me();
+    let nothing =
+        || format!("nothing to withdraw: {} has no credits on the dispatcher\n", decode::eth_address(me));
+    if market.credits(me).await?.is_zero() {
+        return Ok(nothing());
+    }
+    match market.withdraw().await {
+        Ok((sent, withdrawn)) => Ok(format!(
+            "withdrew {} to {} ({})\n",
+            amount(withdrawn),
+            decode::eth_address(me),
+            sent_line(&sent)
+        )),
+        Err(e) if reverted_with(&e, "NothingToWithdraw") => Ok(nothing()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The client's key: a hex private key in `path`, created (0600) on first use.
@@ -379,4 +800,68 @@ pub fn parse_wei(text: &str) -> Result<U256, String> {
     alloy::primitives::utils::parse_units(number, decimals)
         .map(|v| v.get_absolute())
         .map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Timing = Timing { epoch_length: 30, report_grace: 15, max_consecutive_failures: 2 };
+    const FAILED: Reports = Reports { reported: 1, ok: 0, outcome: OUTCOME_FAILED };
+    const SERVED: Reports = Reports { reported: 1, ok: 1, outcome: OUTCOME_SERVED };
+    const NONE: Reports = Reports { reported: 0, ok: 0, outcome: 0 };
+
+    #[test]
+    fn an_epoch_is_open_then_awaits_reports_then_has_its_outcome() {
+        let at = |now| verdict(1, &NONE, 1000, 4, &T, now);
+        assert_eq!(at(1029), Verdict::ToCome);
+        assert_eq!(at(1030), Verdict::Open);
+        assert_eq!(at(1059), Verdict::Open);
+        assert_eq!(at(1060), Verdict::NotYetReported);
+        assert_eq!(verdict(1, &SERVED, 1000, 4, &T, 1074), Verdict::Reporting);
+        assert_eq!(at(1075), Verdict::Unjudged);
+        assert_eq!(verdict(1, &SERVED, 1000, 4, &T, 1075), Verdict::Served);
+        assert_eq!(verdict(1, &FAILED, 1000, 4, &T, 1075), Verdict::Failed);
+        assert_eq!(verdict(3, &NONE, 1000, 3, &T, 1075), Verdict::Cut, "past a termination");
+    }
+
+    #[test]
+    fn a_failed_run_counts_only_once_every_window_of_it_has_closed() {
+        let reports = [SERVED, FAILED, FAILED, NONE];
+        // Epoch 2's window closes at 1000 + 3 * 30 + 15.
+        assert_eq!(failed_run(&reports, 1000, 4, &T, 1104), None);
+        assert_eq!(failed_run(&reports, 1000, 4, &T, 1105), Some(1));
+        assert_eq!(failed_run(&[FAILED, SERVED, FAILED, NONE], 1000, 4, &T, 9999), None, "not in a row");
+        assert_eq!(failed_run(&[SERVED, FAILED, FAILED], 1000, 2, &T, 9999), None, "past the end");
+        let three = Timing { max_consecutive_failures: 3, ..T };
+        assert_eq!(failed_run(&reports, 1000, 4, &three, 9999), None);
+    }
+
+    #[test]
+    fn a_settlement_accounts_for_the_whole_escrow() {
+        let worker = Address([7; 20]);
+        let mut s = Settlement { escrow: Some((U256::from(1000), 1)), ..Settlement::default() };
+        assert!(!s.settled());
+        assert_eq!(s.still_held(), None);
+        s.redeemed = Some(crate::chain::market::Redeemed {
+            worker_pay: U256::from(600),
+            client_refund: U256::from(350),
+            served: 2,
+            failed: 1,
+            block: 9,
+            tx: Default::default(),
+        });
+        s.verifier_fees.push((worker, 3, U256::from(100)));
+        s.slashed = U256::from(50);
+        assert_eq!(s.client_back(), Some(U256::from(350)), "the refund includes the slash");
+        assert_eq!(s.still_held(), Some(U256::ZERO));
+        let cancelled = Settlement {
+            escrow: Some((U256::from(1000), 1)),
+            cancelled: Some(U256::from(1000)),
+            slashed: U256::from(50),
+            ..Settlement::default()
+        };
+        assert_eq!(cancelled.client_back(), Some(U256::from(1050)));
+        assert_eq!(cancelled.still_held(), Some(U256::ZERO));
+    }
 }

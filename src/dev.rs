@@ -128,7 +128,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.workers >= 2 {
         // Buying needs a worker and at least one verifier besides it.
         let client = PrivateKeySigner::from(anvil.keys()[anvil.keys().len() - 1].clone());
-        demo_client(&docker, &anvil.endpoint_url(), &deployment, client, &args.dir).await?;
+        let addresses: Vec<_> = workers.iter().map(|w| w.address).collect();
+        let mine = args.block_time == 0;
+        demo_client(&docker, &anvil.endpoint_url(), &deployment, client, &args.dir, &addresses, mine).await?;
     } else {
         println!("  client    (skipped: buying needs two workers, one to run the work and one to verify it)");
     }
@@ -158,14 +160,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The client's part of the local marketplace: build a small web server image, buy two minutes
-/// of a worker for it, push it, and fetch its page where the worker runs it.
+/// The client's part of the local marketplace: build a small web server image, buy a minute
+/// of a worker for it, push it, fetch its page where the worker runs it, then wait for the
+/// agreement to end and be settled, withdraw the refund and show where the money went.
 async fn demo_client(
     docker: &crate::runtime::DockerRuntime,
     rpc: &url::Url,
     deployment: &Deployment,
     key: PrivateKeySigner,
     dir: &Path,
+    workers: &[alloy::primitives::Address],
+    mine: bool,
 ) -> anyhow::Result<()> {
     docker
         .ping()
@@ -178,7 +183,7 @@ async fn demo_client(
         .context("building the demo image")?;
     let identity = crate::identity::Identity::from_signer(key.clone());
     println!(
-        "  client    {} buys 2 minutes of 0.5 CPU and 128 MiB for image {tag} (busybox httpd)",
+        "  client    {} buys 1 minute of 0.5 CPU and 128 MiB for image {tag} (busybox httpd)",
         identity.address()
     );
     let market = crate::chain::market::Market::new(rpc.clone(), deployment.clone(), key);
@@ -191,7 +196,7 @@ async fn demo_client(
             cpu_millis: 500,
             memory_mib: 128,
             disk_mib: 64,
-            duration: 120,
+            duration: 60,
             max_price_per_second: U256::from(10_000_000_000u64),
             verifiers: 1,
         },
@@ -205,7 +210,175 @@ async fn demo_client(
         crate::probe::check(addr, &probe, Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
     let body = reqwest::get(format!("http://{addr}/index.html")).await?.text().await?;
     println!("  client    {answer}: {:?}", body.trim_end());
+    settle(&market, deployed.id, workers, mine).await
+}
+
+/// How long past the settlement time the demo client waits for the worker's daemon to redeem
+/// before it redeems itself (anyone may).
+const REDEEM_MARGIN: u64 = 20;
+
+/// Waits for agreement `id` to end and be settled (redeeming it if the worker's daemon has not
+/// within [`REDEEM_MARGIN`]), withdraws the client's refund, waits for the daemons to withdraw
+/// their pay, and prints the money flow, checking that the dispatcher holds exactly the stakes
+/// and the credits still owed. With `mine` (a chain that makes a block per transaction only),
+/// it mines an empty block every second so that chain time moves.
+async fn settle(
+    market: &crate::chain::market::Market,
+    id: crate::core::types::AgreementId,
+    workers: &[alloy::primitives::Address],
+    mine: bool,
+) -> anyhow::Result<()> {
+    use crate::chain::decode;
+    use crate::chain::market::STATES;
+    use crate::client::{Timing, amount, when};
+    let t = Timing::from_params(&market.params().await?);
+    let r = market.agreement(id).await?;
+    let settles = t.closes_at(r.startedAt.to::<u64>(), u64::from(r.endEpoch).saturating_sub(1));
+    let now = market.now().await?;
+    println!(
+        "  client    waiting for agreement {id} to end and be settled: its last reporting window closes at {} (in {} s)",
+        when(settles),
+        settles.saturating_sub(now)
+    );
+    loop {
+        let state = market.agreement(id).await?.state;
+        match STATES.get(state as usize).copied().unwrap_or("unknown") {
+            "finished" | "cancelled" | "aborted" => break,
+            _ if market.now().await? >= settles + REDEEM_MARGIN => {
+                println!(
+                    "  client    the worker has not settled {REDEEM_MARGIN} s after it could; the client does"
+                );
+                print!("  client    {}", crate::client::redeem(market, id).await?);
+                break;
+            }
+            _ => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if mine {
+                    ProviderBuilder::new()
+                        .connect_http(market.rpc_url().parse()?)
+                        .raw_request::<_, serde_json::Value>("evm_mine".into(), ())
+                        .await
+                        .context("mining a block on the local chain")?;
+                }
+            }
+        }
+    }
+    let s = market.settlement(id).await?;
+    let (escrow, _) = s.escrow.context("no AgreementCreated log for the demo agreement")?;
+    let r = market.agreement(id).await?;
+    let worker = decode::address(r.worker);
+    match &s.redeemed {
+        Some(red) => {
+            let by = market.sender_of(red.tx).await?;
+            let by = if by == worker {
+                "by the worker's daemon"
+            } else if by == market.me() {
+                "by the client"
+            } else {
+                "by a third party"
+            };
+            println!(
+                "  client    agreement {id} settled {by} in block {}: {} served, {} failed, {} unjudged epoch(s)",
+                red.block,
+                red.served,
+                red.failed,
+                u64::from(r.endEpoch).saturating_sub(red.served + red.failed)
+            )
+        }
+        None => println!("  client    agreement {id} closed early ({})", STATES[r.state as usize]),
+    }
+    print!("  client    {}", crate::client::withdraw(market).await?);
+
+    // The daemons withdraw their own credits; give them a moment.
+    let earners: Vec<_> = std::iter::once(worker).chain(s.verifier_fees.iter().map(|(v, _, _)| *v)).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut left = Vec::new();
+    loop {
+        left.clear();
+        for who in &earners {
+            let credits = market.credits(*who).await?;
+            if !credits.is_zero() {
+                left.push((*who, credits));
+            }
+        }
+        if left.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let withdrawn = |who: crate::core::types::Address| match left.iter().find(|(w, _)| *w == who) {
+        Some((_, c)) => format!("{} still to withdraw", amount(*c)),
+        None => "withdrawn by its daemon".to_owned(),
+    };
+
+    let row = |role: &str, who: String, what: &str, value: String| {
+        println!("            {role:<9} {who:<42}  {what:<9} {value}");
+    };
+    println!("  money     agreement {id}, in exact wei:");
+    row(
+        "client",
+        decode::eth_address(market.me()).to_string(),
+        "paid in",
+        format!("{} as escrow", amount(escrow)),
+    );
+    row("", String::new(), "got back", format!("{}, withdrawn", amount(s.client_back().unwrap_or_default())));
+    let earned = s.worker_earned().unwrap_or_default();
+    let note = if earned.is_zero() { "nothing to withdraw".to_owned() } else { withdrawn(worker) };
+    row("worker", r.worker.to_string(), "earned", format!("{}, {note}", amount(earned)));
+    for (v, reports) in market.verifiers_of(id).await? {
+        let fee = s.verifier_fees.iter().find(|(w, _, _)| *w == v).map(|(_, _, f)| *f).unwrap_or_default();
+        let note = if fee.is_zero() {
+            format!("for {reports} report(s), nothing to withdraw")
+        } else {
+            format!("for {reports} report(s), {}", withdrawn(v))
+        };
+        row("verifier", decode::eth_address(v).to_string(), "earned", format!("{} {note}", amount(fee)));
+    }
+    if !s.slashed.is_zero() {
+        row(
+            "",
+            String::new(),
+            "slashed",
+            format!("{} from the worker's stake, to the client", amount(s.slashed)),
+        );
+    }
+    let held = s.still_held().context("the demo agreement is not settled")?;
+    anyhow::ensure!(held.is_zero(), "the dispatcher still holds {held} wei of agreement {id}'s escrow");
+
+    // The dispatcher's balance is exactly the workers' stakes plus every credit not yet
+    // withdrawn (nothing else is open on this chain), read at one block.
+    let (balance, stakes, owed) = dispatcher_books(market, workers).await?;
+    anyhow::ensure!(
+        balance == stakes + owed,
+        "the dispatcher holds {balance} wei, not the stakes ({stakes}) plus the credits owed ({owed})"
+    );
+    println!(
+        "            the dispatcher holds nothing for it: its balance {} is the workers' stakes {} plus the credits owed {}",
+        amount(balance),
+        amount(stakes),
+        amount(owed)
+    );
     Ok(())
+}
+
+/// At the head block: the dispatcher's balance, the sum of `workers`' stakes, and the credits
+/// owed to the workers and to the market's own account.
+async fn dispatcher_books(
+    market: &crate::chain::market::Market,
+    workers: &[alloy::primitives::Address],
+) -> anyhow::Result<(U256, U256, U256)> {
+    let provider = ProviderBuilder::new().connect_http(market.rpc_url().parse()?);
+    let block = provider.get_block_number().await?;
+    let at = alloy::eips::BlockId::number(block);
+    let d = WorkerDispatcher::new(market.deployment.dispatcher, &provider);
+    let balance = provider.get_balance(market.deployment.dispatcher).block_id(at).await?;
+    let mut stakes = U256::ZERO;
+    let mut owed = d.credits(crate::chain::decode::eth_address(market.me())).block(at).call().await?;
+    for w in workers {
+        stakes += U256::from(d.getWorker(*w).block(at).call().await?.stake);
+        owed += d.credits(*w).block(at).call().await?;
+    }
+    Ok((balance, stakes, owed))
 }
 
 /// How to set up one worker daemon on a local chain.

@@ -29,7 +29,7 @@
 //!
 //! - `main.rs`: thin entry: parse the command line, set up logging, map errors to an exit code.
 //! - [`cli`]: the subcommands (`daemon`, `status`, `leave`, `pause`, `resume`, `reload`, `dev`,
-//!   `client buy|status|list|cancel`, `nat check`); each one parses options and calls into the
+//!   `client buy|status|list|cancel|redeem|terminate|withdraw`, `nat check`); each one parses options and calls into the
 //!   library.
 //! - [`app`]: the daemon's wiring and its one event loop ([`app::run`]): the `Trigger` enum
 //!   (poll timer, new head over WebSocket, control command, SIGHUP, watchdog, SIGTERM), one poll
@@ -55,7 +55,10 @@
 //! - [`letters`]: the private channel's letters (hello, offer, watch), sealed to the recipient and
 //!   bound to their chain, dispatcher, agreement, sender and recipient.
 //! - [`client`]: `zeppelin client ...`: export the image, buy, write the hello, read the offer,
-//!   push, wait for `declareReady`; stateless (all it shows is read back from the chain).
+//!   push, wait for `declareReady`; follow each epoch's verdict (`reportsOf`), settle
+//!   (`redeem`, `terminate`, `cancel`) and withdraw refunds, each refusing clearly before the
+//!   contract would and saying "already settled" on a second run; stateless (all it shows is
+//!   read back from the chain, the money flow from the settlement logs).
 //! - [`probe`]: checking that work answers its probe (HTTP status and body hash, or TCP).
 //! - [`core`]: the pure state machine `Node::on_event(event) -> actions`: registration
 //!   reconciled against the operator's goal, the agreement lifecycle, intents in flight, and
@@ -66,7 +69,8 @@
 //!   termination after a closed run of failed epochs, settlement and withdrawal.
 //! - [`chain`]: the only module that speaks Ethereum: the `Chain` trait and `AlloyChain`,
 //!   bindings generated from `contracts/abi/`, log decoding, the deployment file, and
-//!   [`chain::market`], the client's side (choose a class, buy, letters, follow, cancel).
+//!   [`chain::market`], the client's side (choose a class, buy, letters, follow, settle,
+//!   withdraw; every transaction estimated first so a revert names the contract's error).
 //! - [`runtime`]: the only module that knows bollard: the `Runtime` trait and `DockerRuntime`
 //!   (unix socket; containers named and labelled by scope and agreement, each on its own bridge
 //!   network with the agreement's CPU, memory without swap and pids limits, no capabilities, no

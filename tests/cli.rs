@@ -39,6 +39,10 @@ fn dev_once_brings_up_the_marketplace_with_registered_workers() {
         assert!(stdout.contains(&format!("worker {i}  registered: ")), "{stdout}");
         assert!(dir.join(format!("worker{i}/state/keystore.json")).is_file());
     }
+    // The demo agreement ends, is settled, and the money flow adds up (dev checks the books).
+    for step in ["settled by", "  money     agreement 1", "got back", "the dispatcher holds nothing for it"] {
+        assert!(stdout.contains(step), "no {step:?} in:\n{stdout}");
+    }
     std::fs::remove_dir_all(base).unwrap();
 }
 

@@ -1,7 +1,8 @@
 //! Issue 5 end to end: two worker daemons on a real anvil (one is drawn as the worker, the other
 //! as its verifier), a client buying with `zeppelin client buy`, the image pushed over TLS into
 //! the real Docker engine, the container started under its limits and reachable; a `kill -9` of
-//! the worker's daemon mid-run re-adopts the container; the end of the agreement removes it.
+//! the worker's daemon mid-run re-adopts the container; the end of the agreement removes it, the
+//! worker's daemon settles it, and the client withdraws its refund.
 mod common;
 
 use std::time::Duration;
@@ -207,6 +208,39 @@ async fn a_client_buys_pushes_and_reaches_its_work_which_survives_a_daemon_crash
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert_eq!(fetch(endpoint).await, None, "nothing answers once the agreement is over");
+
+    // The worker's daemon settles it once the last reporting window closes (no verifier reports
+    // yet: every epoch unjudged, the whole escrow back to the client), and the client withdraws.
+    let client = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(common::zeppelin());
+        command
+            .arg("client")
+            .args(args)
+            .args(["--rpc-url", &anvil.endpoint(), "--deployment"])
+            .arg(&deployment_file)
+            .arg("--key-file")
+            .arg(&key_file);
+        async move {
+            let out = command.output().await.unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        let status = client(&["status", "1"]).await;
+        if status.starts_with("agreement 1: finished") {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not settled:\n{status}\n{}", logs());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let escrow =
+        status.lines().find_map(|l| l.strip_prefix("  escrowed      ")).unwrap().split(' ').next().unwrap();
+    assert!(status.contains(&format!("  refunded      {escrow} wei")), "{status}");
+    assert!(status.contains("  worker earned 0 wei") && status.contains("  still held    0 wei"), "{status}");
+    let withdrew = client(&["withdraw"]).await;
+    assert!(withdrew.starts_with(&format!("withdrew {escrow} wei")), "{withdrew}");
     let _ = runtime.remove_image(&tag).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -81,6 +81,11 @@ impl Market {
         Market { provider, url, deployment, me }
     }
 
+    /// The chain's JSON-RPC endpoint.
+    pub fn rpc_url(&self) -> &str {
+        &self.url
+    }
+
     pub fn me(&self) -> Address {
         decode::address(self.me)
     }
@@ -278,23 +283,16 @@ impl Market {
         Ok(())
     }
 
-    pub async fn cancel(&self, id: AgreementId) -> Result<(), MarketError> {
-        let receipt = self
-            .dispatcher()
-            .cancelAgreement(U256::from(id))
-            .send()
-            .await
-            .map_err(|e| self.revert("cancelAgreement", e))?
-            .get_receipt()
-            .await
-            .map_err(|e| self.rpc(e))?;
-        if !receipt.status() {
-            return Err(MarketError::Reverted {
-                action: "cancelAgreement".into(),
-                reason: "reverted on chain".into(),
-            });
+    /// Cancels agreement `id` (`cancelAgreement`); returns the refund and the accept penalty
+    /// taken from the worker's stake, both credited to us.
+    pub async fn cancel(&self, id: AgreementId) -> Result<(Sent, Settlement), MarketError> {
+        let (sent, receipt) =
+            self.transact("cancelAgreement", self.dispatcher().cancelAgreement(U256::from(id))).await?;
+        let mut s = Settlement::default();
+        for log in receipt.inner.logs() {
+            s.absorb(log);
         }
-        Ok(())
+        Ok((sent, s))
     }
 
     pub async fn agreement(
@@ -344,6 +342,324 @@ impl Market {
             .await
             .map_err(|e| self.rpc(e))?
             .ok_or_else(|| MarketError::Other("the node has no latest block".into()))?;
+        Ok(block.header.timestamp)
+    }
+}
+
+/// An epoch's outcome as `reportsOf` gives it (the contract's `WorkAgreement` constants).
+pub const OUTCOME_SERVED: u8 = 1;
+pub const OUTCOME_FAILED: u8 = 2;
+
+/// The reports on one epoch: bit i of `reported` (`ok`) is set if verifier i reported (ok).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reports {
+    pub reported: u8,
+    pub ok: u8,
+    /// 0 unjudged, [`OUTCOME_SERVED`], [`OUTCOME_FAILED`].
+    pub outcome: u8,
+}
+
+/// What the chain's logs say happened to an agreement's money.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settlement {
+    /// Escrowed by the client when it bought (`AgreementCreated`), and the block.
+    pub escrow: Option<(U256, u64)>,
+    /// `AgreementCancelled`: the escrow returned.
+    pub cancelled: Option<U256>,
+    /// `AgreementAborted`: (worker compensation, client refund).
+    pub aborted: Option<(U256, U256)>,
+    /// `AgreementTerminated`: epochs from this one on are refunded.
+    pub terminated_at: Option<u64>,
+    pub redeemed: Option<Redeemed>,
+    /// `VerifierPaid`: (verifier, reports, fee).
+    pub verifier_fees: Vec<(Address, u64, U256)>,
+    /// `StakeSlashed` in this agreement: taken from the worker's stake, credited to the client.
+    pub slashed: U256,
+}
+
+/// `PaymentRedeemed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Redeemed {
+    pub worker_pay: U256,
+    /// The client's share of the escrow plus the slash.
+    pub client_refund: U256,
+    pub served: u64,
+    pub failed: u64,
+    pub block: u64,
+    /// The settling transaction (anyone may send it).
+    pub tx: B256,
+}
+
+impl Settlement {
+    /// Whether the money of the agreement has been shared out.
+    pub fn settled(&self) -> bool {
+        self.cancelled.is_some() || self.aborted.is_some() || self.redeemed.is_some()
+    }
+
+    /// Everything credited back to the client (slash included), once settled.
+    pub fn client_back(&self) -> Option<U256> {
+        if let Some(r) = &self.redeemed {
+            return Some(r.client_refund);
+        }
+        if let Some((_, refund)) = self.aborted {
+            return Some(refund + self.slashed);
+        }
+        self.cancelled.map(|refund| refund + self.slashed)
+    }
+
+    /// What the worker was credited, once settled.
+    pub fn worker_earned(&self) -> Option<U256> {
+        if let Some(r) = &self.redeemed {
+            return Some(r.worker_pay);
+        }
+        if let Some((compensation, _)) = self.aborted {
+            return Some(compensation);
+        }
+        self.cancelled.map(|_| U256::ZERO)
+    }
+
+    pub fn verifiers_earned(&self) -> U256 {
+        self.verifier_fees.iter().map(|(_, _, fee)| *fee).sum()
+    }
+
+    /// What the contract still holds of the escrow: zero once settled (the slash comes from the
+    /// worker's stake, not from the escrow). `None` before settlement or without the escrow.
+    pub fn still_held(&self) -> Option<U256> {
+        let (escrow, _) = self.escrow?;
+        let back = self.client_back()?;
+        let out = self.worker_earned()? + self.verifiers_earned() + back - self.slashed;
+        Some(escrow.saturating_sub(out))
+    }
+
+    /// Folds one dispatcher log into the settlement of its agreement (other logs are ignored).
+    fn absorb(&mut self, log: &alloy::rpc::types::Log) {
+        use WorkerDispatcher::WorkerDispatcherEvents as Ev;
+        use alloy::sol_types::SolEventInterface;
+        let block = log.block_number.unwrap_or_default();
+        let Ok(event) = Ev::decode_log(&log.inner) else { return };
+        match event.data {
+            Ev::AgreementCreated(e) => self.escrow = Some((e.escrow, block)),
+            Ev::AgreementCancelled(e) => self.cancelled = Some(e.refund),
+            Ev::AgreementAborted(e) => self.aborted = Some((e.workerCompensation, e.clientRefund)),
+            Ev::AgreementTerminated(e) => self.terminated_at = Some(e.endEpoch.saturating_to()),
+            Ev::PaymentRedeemed(e) => {
+                self.redeemed = Some(Redeemed {
+                    worker_pay: e.workerPay,
+                    client_refund: e.clientRefund,
+                    served: e.servedEpochs.saturating_to(),
+                    failed: e.failedEpochs.saturating_to(),
+                    block,
+                    tx: log.transaction_hash.unwrap_or_default(),
+                })
+            }
+            Ev::VerifierPaid(e) => {
+                self.verifier_fees.push((decode::address(e.verifier), e.reports.saturating_to(), e.fee))
+            }
+            Ev::StakeSlashed(e) => self.slashed += e.amount,
+            _ => {}
+        }
+    }
+}
+
+/// The agreement id a settlement log is about (topic 1, or topic 2 for `StakeSlashed`).
+fn log_agreement(log: &alloy::rpc::types::Log) -> Option<AgreementId> {
+    let topics = log.topics();
+    let at = if topics.first() == Some(&WorkerDispatcher::StakeSlashed::SIGNATURE_HASH) { 2 } else { 1 };
+    Some(U256::from_be_bytes(topics.get(at)?.0).saturating_to())
+}
+
+/// What a settling transaction did.
+#[derive(Clone, Copy, Debug)]
+pub struct Sent {
+    pub tx: B256,
+    pub block: u64,
+    /// Gas used times the effective gas price: what the sender paid for it.
+    pub fee: U256,
+}
+
+impl Market {
+    /// Sends `call` the way every client transaction goes: the gas estimated first (so a revert
+    /// is reported with the contract's decoded error before anything is signed), a margin over
+    /// the estimate, and the receipt awaited.
+    async fn transact<D: alloy::contract::CallDecoder>(
+        &self,
+        action: &str,
+        call: alloy::contract::CallBuilder<&&DynProvider, D>,
+    ) -> Result<(Sent, alloy::rpc::types::TransactionReceipt), MarketError> {
+        let estimate = call.estimate_gas().await.map_err(|e| self.revert(action, e))?;
+        let limit = estimate + estimate / 5 + 10_000;
+        let receipt = call
+            .gas(limit)
+            .send()
+            .await
+            .map_err(|e| self.revert(action, e))?
+            .get_receipt()
+            .await
+            .map_err(|e| self.rpc(e))?;
+        if !receipt.status() {
+            return Err(MarketError::Reverted {
+                action: action.into(),
+                reason: format!(
+                    "reverted on chain (gas used {} of {limit}): the agreement changed since the estimate; look at `zeppelin client status`",
+                    receipt.gas_used
+                ),
+            });
+        }
+        let sent = Sent {
+            tx: receipt.transaction_hash,
+            block: receipt.block_number.unwrap_or_default(),
+            fee: U256::from(receipt.gas_used) * U256::from(receipt.effective_gas_price),
+        };
+        Ok((sent, receipt))
+    }
+
+    /// The protocol parameters.
+    pub async fn params(&self) -> Result<WorkerDispatcher::Params, MarketError> {
+        self.dispatcher().params().call().await.map_err(|e| self.rpc(e))
+    }
+
+    /// An agreement's verifiers and their on-time report counts.
+    pub async fn verifiers_of(&self, id: AgreementId) -> Result<Vec<(Address, u64)>, MarketError> {
+        let v = self.dispatcher().verifiersOf(U256::from(id)).call().await.map_err(|e| self.rpc(e))?;
+        Ok(v.accounts.iter().zip(&v.reports).map(|(a, r)| (decode::address(*a), r.saturating_to())).collect())
+    }
+
+    /// The reports on epochs `0..count` of agreement `id`, a few calls at a time.
+    pub async fn reports_of(&self, id: AgreementId, count: u64) -> Result<Vec<Reports>, MarketError> {
+        use futures_util::{StreamExt, TryStreamExt};
+        futures_util::stream::iter(0..count)
+            .map(|epoch| async move {
+                let r = self
+                    .dispatcher()
+                    .reportsOf(U256::from(id), U256::from(epoch))
+                    .call()
+                    .await
+                    .map_err(|e| self.rpc(e))?;
+                Ok::<_, MarketError>(Reports { reported: r.reported, ok: r.ok, outcome: r.outcome })
+            })
+            .buffered(16)
+            .try_collect()
+            .await
+    }
+
+    /// What `who` may withdraw from the dispatcher.
+    pub async fn credits(&self, who: Address) -> Result<U256, MarketError> {
+        self.dispatcher().credits(decode::eth_address(who)).call().await.map_err(|e| self.rpc(e))
+    }
+
+    /// The settlement logs of agreement `id`.
+    pub async fn settlement(&self, id: AgreementId) -> Result<Settlement, MarketError> {
+        let topic = B256::from(U256::from(id));
+        let by_id = Filter::new()
+            .event_signature(vec![
+                WorkerDispatcher::AgreementCreated::SIGNATURE_HASH,
+                WorkerDispatcher::AgreementCancelled::SIGNATURE_HASH,
+                WorkerDispatcher::AgreementAborted::SIGNATURE_HASH,
+                WorkerDispatcher::AgreementTerminated::SIGNATURE_HASH,
+                WorkerDispatcher::PaymentRedeemed::SIGNATURE_HASH,
+                WorkerDispatcher::VerifierPaid::SIGNATURE_HASH,
+            ])
+            .topic1(topic);
+        let slashed =
+            Filter::new().event_signature(WorkerDispatcher::StakeSlashed::SIGNATURE_HASH).topic2(topic);
+        let mut s = Settlement::default();
+        for filter in [by_id, slashed] {
+            for log in self.logs(filter, 0).await? {
+                s.absorb(&log);
+            }
+        }
+        Ok(s)
+    }
+
+    /// The settlements of every agreement we bought (without the verifiers' fees), by id.
+    pub async fn my_settlements(
+        &self,
+    ) -> Result<std::collections::BTreeMap<AgreementId, Settlement>, MarketError> {
+        let mine = self.me.into_word();
+        let as_client = Filter::new()
+            .event_signature(vec![
+                WorkerDispatcher::AgreementCreated::SIGNATURE_HASH,
+                WorkerDispatcher::AgreementCancelled::SIGNATURE_HASH,
+                WorkerDispatcher::AgreementAborted::SIGNATURE_HASH,
+                WorkerDispatcher::AgreementTerminated::SIGNATURE_HASH,
+                WorkerDispatcher::PaymentRedeemed::SIGNATURE_HASH,
+            ])
+            .topic2(mine);
+        let slashed_to_me =
+            Filter::new().event_signature(WorkerDispatcher::StakeSlashed::SIGNATURE_HASH).topic3(mine);
+        let mut out = std::collections::BTreeMap::<AgreementId, Settlement>::new();
+        for filter in [as_client, slashed_to_me] {
+            for log in self.logs(filter, 0).await? {
+                if let Some(id) = log_agreement(&log) {
+                    out.entry(id).or_default().absorb(&log);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Settles agreement `id` (`redeemPayment`).
+    pub async fn redeem(&self, id: AgreementId) -> Result<(Sent, Settlement), MarketError> {
+        let (sent, receipt) =
+            self.transact("redeemPayment", self.dispatcher().redeemPayment(U256::from(id))).await?;
+        let mut s = Settlement::default();
+        for log in receipt.inner.logs() {
+            s.absorb(log);
+        }
+        Ok((sent, s))
+    }
+
+    /// Ends agreement `id` after the failed run starting at epoch `first` (`terminateAgreement`);
+    /// returns the epoch from which the rest is refunded.
+    pub async fn terminate(&self, id: AgreementId, first: u64) -> Result<(Sent, u64), MarketError> {
+        let d = self.dispatcher();
+        let call = d.terminateAgreement(U256::from(id), U256::from(first));
+        let (sent, receipt) = self.transact("terminateAgreement", call).await?;
+        let end = receipt
+            .inner
+            .logs()
+            .iter()
+            .find_map(|l| l.log_decode::<WorkerDispatcher::AgreementTerminated>().ok())
+            .map(|l| l.inner.data.endEpoch.saturating_to())
+            .ok_or_else(|| {
+                MarketError::Other("terminateAgreement mined without an AgreementTerminated log".into())
+            })?;
+        Ok((sent, end))
+    }
+
+    /// Withdraws all our credits; returns the amount (from the `Withdrawn` log).
+    pub async fn withdraw(&self) -> Result<(Sent, U256), MarketError> {
+        let (sent, receipt) = self.transact("withdraw", self.dispatcher().withdraw()).await?;
+        let amount = receipt
+            .inner
+            .logs()
+            .iter()
+            .find_map(|l| l.log_decode::<WorkerDispatcher::Withdrawn>().ok())
+            .map(|l| l.inner.data.amount)
+            .ok_or_else(|| MarketError::Other("withdraw mined without a Withdrawn log".into()))?;
+        Ok((sent, amount))
+    }
+
+    /// Who sent transaction `tx`.
+    pub async fn sender_of(&self, tx: B256) -> Result<Address, MarketError> {
+        use alloy::network::TransactionResponse;
+        let found = self
+            .provider
+            .get_transaction_by_hash(tx)
+            .await
+            .map_err(|e| self.rpc(e))?
+            .ok_or_else(|| MarketError::Other(format!("the node does not know transaction {tx}")))?;
+        Ok(decode::address(found.from()))
+    }
+
+    /// The timestamp of block `number`.
+    pub async fn block_time(&self, number: u64) -> Result<u64, MarketError> {
+        let block = self
+            .provider
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Number(number))
+            .await
+            .map_err(|e| self.rpc(e))?
+            .ok_or_else(|| MarketError::Other(format!("the node has no block {number}")))?;
         Ok(block.header.timestamp)
     }
 }
