@@ -78,9 +78,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         deployment.deploy_block, receipt.gas_used
     );
     println!(
-        "            min stake {}, verifier fee {} per report, {} s epochs; deployment file {}",
+        "            min stake {}, verifier fee {} per agreeing report, {} s epochs; deployment file {}",
         format_eth(params.minStake.to::<u128>()),
-        format_eth(params.verifierFee.to::<u128>()),
+        format!("{} wei", params.verifierFee),
         params.epochLength,
         deployment_file.display()
     );
@@ -635,7 +635,9 @@ pub fn dev_params() -> WorkerDispatcher::Params {
     const MILLI_ETH: u128 = 1_000_000_000_000_000;
     WorkerDispatcher::Params {
         minStake: U96::from(1000 * MILLI_ETH),
-        verifierFee: U96::from(MILLI_ETH),
+        // A tenth of what the cheapest dev worker (1 gwei/s) earns in a 30 s epoch, so the
+        // money flow shows fees as the small part of the price they are meant to be.
+        verifierFee: U96::from(3_000_000_000u64),
         acceptPenalty: U96::from(50 * MILLI_ETH),
         slashPerFailedEpoch: U96::from(100 * MILLI_ETH),
         acceptWindow: 60,
