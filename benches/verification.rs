@@ -39,7 +39,8 @@ fn exe() -> PathBuf {
 
 fn anvil_path() -> PathBuf {
     std::env::var_os("ZEPPELIN_ANVIL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
     })
 }
 
@@ -129,7 +130,16 @@ async fn buy(
         .arg("--key-file")
         .arg(key_file)
         .args(["--image", tag, "--port", "8080", "--cpus", "0.25", "--memory-mib", "32"])
-        .args(["--duration", duration, "--verifiers", "1", "--probe", "http:/index.html:200", "--wait", "90s"])
+        .args([
+            "--duration",
+            duration,
+            "--verifiers",
+            "1",
+            "--probe",
+            "http:/index.html:200",
+            "--wait",
+            "90s",
+        ])
         .env("XDG_CACHE_HOME", cache)
         .output()
         .await?;
@@ -141,7 +151,8 @@ async fn buy(
 async fn main() -> Result<()> {
     zeppelin::tls::install_crypto_provider();
     anyhow::ensure!(exe().is_file(), "build the release binary first: cargo build --release");
-    let watched: usize = std::env::var("ZEPPELIN_BENCH_WATCHED").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
+    let watched: usize =
+        std::env::var("ZEPPELIN_BENCH_WATCHED").ok().and_then(|v| v.parse().ok()).unwrap_or(12).min(14);
     let runtime = DockerRuntime::connect(None)?;
     runtime.ping().await.context("the Docker engine (tools/dockerd.sh start)")?;
     let dir = std::env::temp_dir().join(format!("zeppelin-bench-verify-{}", std::process::id()));
@@ -149,9 +160,11 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
 
     let anvil = Anvil::at(anvil_path()).block_time(1).try_spawn()?;
-    let keys: Vec<PrivateKeySigner> = anvil.keys().iter().map(|k| PrivateKeySigner::from(k.clone())).collect();
-    let deployer =
-        ProviderBuilder::new().wallet(EthereumWallet::from(keys[0].clone())).connect_http(anvil.endpoint_url());
+    let keys: Vec<PrivateKeySigner> =
+        anvil.keys().iter().map(|k| PrivateKeySigner::from(k.clone())).collect();
+    let deployer = ProviderBuilder::new()
+        .wallet(EthereumWallet::from(keys[0].clone()))
+        .connect_http(anvil.endpoint_url());
     let mut params = zeppelin::dev::dev_params();
     params.epochLength = EPOCH as u32;
     params.reportGrace = 5;
@@ -174,7 +187,7 @@ async fn main() -> Result<()> {
     };
     let mut daemons = Vec::new();
     for (i, (name, extra)) in [
-        ("worker", format!("slots = {}\ncpus = 2\nmemory = \"4 GiB\"\n", watched + 2)),
+        ("worker", format!("slots = {}\ncpus = 2\nmemory = \"4 GiB\"\n", (watched + 2).min(16))),
         ("verifier-a", "cpus = 0.1\nmemory = \"64 MiB\"\nslots = 1\n".to_owned()),
         ("verifier-b", "cpus = 0.1\nmemory = \"64 MiB\"\nslots = 1\n".to_owned()),
     ]
@@ -242,7 +255,12 @@ async fn main() -> Result<()> {
     let (idle_cpu, idle_rss) = measure(pid, WINDOW).await?;
     // verifier-b pauses (`zeppelin pause`): from now on every agreement draws verifier-a.
     let b = &daemons[2];
-    let out = tokio::process::Command::new(exe()).arg("pause").arg("--socket").arg(b.spec.socket()).output().await?;
+    let out = tokio::process::Command::new(exe())
+        .arg("pause")
+        .arg("--socket")
+        .arg(b.spec.socket())
+        .output()
+        .await?;
     anyhow::ensure!(out.status.success(), "pause: {}", String::from_utf8_lossy(&out.stderr));
     let paused_by = Instant::now() + Duration::from_secs(60);
     while d.getWorker(b.address).call().await?.status as u8 != 2 {
@@ -272,7 +290,10 @@ async fn main() -> Result<()> {
     let per = (busy_cpu - idle_cpu).max(0.0) / mine.max(1) as f64;
     println!("verifier daemon over {} s (the same window each time):", WINDOW.as_secs());
     println!("  idle, watching nothing:        CPU {idle_cpu:.2} s, RSS {:.1} MiB", idle_rss as f64 / 1024.0);
-    println!("  watching {mine} agreements:        CPU {busy_cpu:.2} s, RSS {:.1} MiB", busy_rss as f64 / 1024.0);
+    println!(
+        "  watching {mine} agreements:        CPU {busy_cpu:.2} s, RSS {:.1} MiB",
+        busy_rss as f64 / 1024.0
+    );
     println!(
         "  per watched agreement: {:.1} ms CPU per epoch ({:.3}% of one core at {EPOCH} s epochs), {:.0} KiB memory",
         per / epochs_in_window * 1000.0,

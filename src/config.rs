@@ -556,14 +556,28 @@ type Invalid = (&'static str, String);
 
 impl RawConfig {
     fn validate(self) -> Result<Config, Invalid> {
-        Ok(Config {
+        let config = Config {
             chain: self.chain.validate()?,
             worker: self.worker.validate()?,
             state: StateConfig { dir: absolute("state.dir", self.state.dir, DEFAULT_STATE_DIR)? },
             api: self.api.validate()?,
             work: self.work.validate()?,
             nat: self.nat.validate()?,
-        })
+        };
+        // Each running agreement publishes its work on a port of its own: more slots than
+        // ports would accept agreements it cannot serve.
+        let (first, last) = config.work.ports;
+        let ports = usize::from(last - first) + 1;
+        if usize::from(config.worker.slots.get()) > ports {
+            return Err((
+                "worker.slots",
+                format!(
+                    "{} agreements at once need as many ports, and work.ports \"{first}-{last}\" has {ports}",
+                    config.worker.slots
+                ),
+            ));
+        }
+        Ok(config)
     }
 }
 

@@ -410,24 +410,24 @@ impl WorkerSpec {
     pub fn socket(&self) -> PathBuf {
         self.dir.join("control.sock")
     }
-    /// Eight host ports for the worker's containers, picked from its directory so that local
-    /// workers do not share them.
+    /// Sixteen host ports for the worker's containers (so at most 16 slots), picked from its
+    /// directory so that local workers do not share them.
     pub fn work_ports(&self) -> (u16, u16) {
         let first = self.port_block();
-        (first, first + 7)
+        (first, first + 15)
     }
 
     /// The transfer server's port, next to the work ports: fixed for the directory, so a
     /// restarted daemon is where its clients and verifiers were told it is.
     pub fn transfer_port(&self) -> u16 {
-        self.port_block() + 8
+        self.port_block() + 16
     }
 
     fn port_block(&self) -> u16 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.dir.hash(&mut h);
-        20_000 + (h.finish() % 1_000) as u16 * 9
+        20_000 + (h.finish() % 1_000) as u16 * 17
     }
 
     /// Writes the worker's config file: no confirmations on a local chain (it does not reorg by

@@ -308,8 +308,12 @@ async fn connect(w: &Worker) -> tokio_rustls::client::TlsStream<tokio::net::TcpS
 async fn a_health_request_for_work_that_does_not_run_here_is_refused() {
     let runtime = engine().await;
     let w = worker(&runtime, Limits::default()).await;
-    let binding =
-        zeppelin::health::Binding { chain_id: CHAIN, dispatcher: DISPATCHER, agreement: 9, nonce: "n".into() };
+    let binding = zeppelin::health::Binding {
+        chain_id: CHAIN,
+        dispatcher: DISPATCHER,
+        agreement: 9,
+        nonce: "n".into(),
+    };
     let err = zeppelin::health::fetch(&w.addr, &w.fingerprint, &binding, DISPATCHER).await.unwrap_err();
     assert!(
         matches!(&err, zeppelin::health::HealthError::Refused(r) if r.contains("no work runs here for agreement 9")),
