@@ -78,9 +78,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         deployment.deploy_block, receipt.gas_used
     );
     println!(
-        "            min stake {}, verifier fee {} per agreeing report, {} s epochs; deployment file {}",
+        "            min stake {}, verifier fee {} wei per agreeing report, {} s epochs; deployment file {}",
         format_eth(params.minStake.to::<u128>()),
-        format!("{} wei", params.verifierFee),
+        params.verifierFee,
         params.epochLength,
         deployment_file.display()
     );
