@@ -330,3 +330,55 @@ async fn a_health_request_for_work_that_does_not_run_here_is_refused() {
     let err = zeppelin::health::fetch(&w.addr, &wrong, &binding, DISPATCHER).await.unwrap_err();
     assert!(err.to_string().contains("TLS"), "{err}");
 }
+
+/// Peers that connect and say nothing hold at most `max_handshakes` connections (the next
+/// ones are closed at once, and free again when they give up); unauthenticated peers never
+/// take a transfer permit, and with no permit free an authenticated push is refused as busy.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_peers_are_bounded_and_only_an_authenticated_push_takes_a_transfer_permit() {
+    let runtime = engine().await;
+    let limits = Limits { max_handshakes: 2, max_concurrent: 0, ..Limits::default() };
+    let w = worker(&runtime, limits).await;
+    let binding = zeppelin::health::Binding {
+        chain_id: CHAIN,
+        dispatcher: DISPATCHER,
+        agreement: 9,
+        nonce: "n".into(),
+    };
+    let ask = || zeppelin::health::fetch(&w.addr, &w.fingerprint, &binding, DISPATCHER);
+    // Two silent peers fill the handshake slots: a third connection is closed unanswered.
+    let silent: Vec<_> =
+        futures_util::future::join_all((0..2).map(|_| tokio::net::TcpStream::connect(&w.addr))).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let err = ask().await.unwrap_err();
+    assert!(!matches!(err, zeppelin::health::HealthError::Refused(_)), "closed, not answered: {err}");
+    // They leave: the server answers again.
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let err = ask().await.unwrap_err();
+    assert!(
+        matches!(&err, zeppelin::health::HealthError::Refused(r) if r.contains("no work runs here")),
+        "{err}"
+    );
+
+    // No transfer permit at all: an authenticated push is refused as busy, after its
+    // authentication (a stranger learns nothing of the load).
+    let client = PrivateKeySigner::random();
+    let cache = tempfile::tempdir().unwrap();
+    let archive = {
+        let _one_at_a_time = ENGINE.lock().await;
+        exported(&runtime, "busy", fresh_seed(), cache.path()).await
+    };
+    w.admit(13, &client, &archive.image, 1 << 30);
+    match push(&w.addr, &w.fingerprint, auth(13, &client), &archive, |_, _| {}).await {
+        Err(PushError::Refused(reason)) => assert!(reason.starts_with("busy"), "{reason}"),
+        other => panic!("expected busy, got {other:?}"),
+    }
+    let stranger = PrivateKeySigner::random();
+    match push(&w.addr, &w.fingerprint, auth(13, &stranger), &archive, |_, _| {}).await {
+        Err(PushError::Refused(reason)) => assert!(reason.contains("authentication failed"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    remove(&runtime, &tag("busy")).await;
+    remove(&runtime, &archive.image).await;
+}

@@ -67,8 +67,11 @@ pub struct Delivery {
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Transfers at once; more connections are refused with "busy".
+    /// Transfers at once (authenticated pushes); more are refused with "busy".
     pub max_concurrent: usize,
+    /// Connections at once that have not authenticated yet (or ask for a health report); more
+    /// are closed at once, so peers that connect and say nothing cannot hold the server.
+    pub max_handshakes: usize,
     /// Time from the TCP connection to an authenticated offer.
     pub handshake: Duration,
     /// Longest silence while receiving.
@@ -77,7 +80,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_concurrent: 2, handshake: Duration::from_secs(15), idle: Duration::from_secs(30) }
+        Limits {
+            max_concurrent: 2,
+            max_handshakes: 32,
+            handshake: Duration::from_secs(15),
+            idle: Duration::from_secs(30),
+        }
     }
 }
 
@@ -96,6 +104,7 @@ pub async fn serve<S: ImageSink, H: HealthSource>(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(limits.max_concurrent));
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
     let busy = Arc::new(Mutex::new(HashSet::new()));
     loop {
         let (tcp, peer) = tokio::select! {
@@ -119,12 +128,19 @@ pub async fn serve<S: ImageSink, H: HealthSource>(
             busy: busy.clone(),
             peer,
         };
-        let permit = permits.clone().try_acquire_owned();
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            tracing::info!(
+                "transfer from {peer}: {} connections already waiting; closed",
+                limits.max_handshakes
+            );
+            continue;
+        };
+        let permits = permits.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = conn.run(tcp, permit.ok()) => {}
+                _ = conn.run(tcp, handshake, permits) => {}
             }
         });
     }
@@ -156,7 +172,12 @@ macro_rules! refuse {
 }
 
 impl<S: ImageSink, H: HealthSource> Conn<S, H> {
-    async fn run(self, tcp: tokio::net::TcpStream, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+    async fn run(
+        self,
+        tcp: tokio::net::TcpStream,
+        handshake: tokio::sync::OwnedSemaphorePermit,
+        permits: Arc<Semaphore>,
+    ) {
         let _ = tcp.set_nodelay(true);
         let tls = match tokio::time::timeout(self.limits.handshake, self.acceptor.accept(tcp)).await {
             Ok(Ok(s)) => s,
@@ -193,14 +214,8 @@ impl<S: ImageSink, H: HealthSource> Conn<S, H> {
             let _ = stream.shutdown().await;
             return;
         }
-        if permit.is_none() {
-            let reason =
-                format!("busy: {} transfers in progress, try again shortly", self.limits.max_concurrent);
-            let _ = super::write_frame(&mut stream, &Frame::Refused { reason }).await;
-            return;
-        }
         let mut agreement = None;
-        let result = self.push(&mut stream, nonce, first, &mut agreement).await;
+        let result = self.push(&mut stream, nonce, first, (handshake, permits), &mut agreement).await;
         if let Some(id) = agreement {
             self.busy.lock().expect("busy set").remove(&id);
         }
@@ -233,6 +248,7 @@ impl<S: ImageSink, H: HealthSource> Conn<S, H> {
         stream: &mut T,
         nonce: String,
         first: Frame,
+        (handshake, permits): (tokio::sync::OwnedSemaphorePermit, Arc<Semaphore>),
         claimed: &mut Option<AgreementId>,
     ) -> Result<Delivery, Refusal> {
         let started = Instant::now();
@@ -255,6 +271,12 @@ impl<S: ImageSink, H: HealthSource> Conn<S, H> {
                 "authentication failed: the signature is not the agreement's client's for this challenge"
             );
         }
+        // Authenticated: the push now holds one of the transfer permits until it ends, and
+        // gives its handshake slot back.
+        let Ok(_permit) = permits.try_acquire_owned() else {
+            refuse!("busy: {} transfers in progress, try again shortly", self.limits.max_concurrent);
+        };
+        drop(handshake);
         if !self.busy.lock().expect("busy set").insert(agreement) {
             refuse!("a transfer for agreement {agreement} is already in progress");
         }
