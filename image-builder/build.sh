@@ -10,7 +10,9 @@
 #   --work     scratch directory, a few GB (default: image-builder/work/<arch>)
 #   --mirror   Debian mirror (default http://deb.debian.org/debian; a
 #              http://snapshot.debian.org/archive/debian/<time>/ URL pins the packages)
-#   --security-mirror  the same for bookworm-security (default http://deb.debian.org/debian-security)
+#   --security-mirror  the same for bookworm-security (default http://deb.debian.org/debian-security);
+#              `none` leaves the security updates out (only for a mirror that cannot serve them:
+#              such an image is not for release)
 #   --keep-work  keep the root file system and partition files after the build
 #
 # Writes, in --out:
@@ -78,7 +80,13 @@ dpkg-deb -c "$deb" | grep -q ' \./usr/bin/zeppelin$' || die "--deb: $deb: has no
 dpkg-deb -c "$deb" | grep -q 'zeppelin\.service$' || die "--deb: $deb: has no zeppelin.service"
 version=${deb_version%-*}
 [[ $version =~ ^[0-9A-Za-z.+~]+$ ]] || die "--deb: $deb: version '$deb_version' is not usable in a file name"
-for url in "$mirror" "$security"; do
+sources=("deb $mirror bookworm main non-free-firmware" "deb $mirror bookworm-updates main non-free-firmware")
+if [ "$security" = none ]; then
+    log "warning: --security-mirror none: the image gets no security updates (not for release)"
+else
+    sources+=("deb $security bookworm-security main non-free-firmware")
+fi
+for url in "$mirror" "${security/#none/http://none}"; do
     [[ $url =~ ^(https?|file)://[^[:space:]]+$ ]] || die "mirror '$url' is not an http(s):// or file:// URL"
 done
 [ "$(id -u)" = 0 ] || die "needs root (mmdebstrap's root mode and root-owned files in the image)"
@@ -88,6 +96,7 @@ done
 arch-test "$arch" >/dev/null 2>&1 || die "this machine cannot run $arch programs (run image-builder/setup.sh)"
 work=${work:-$here/work/$arch}
 mkdir -p "$out" "$work" || die "cannot create $out or $work"
+out=$(cd "$out" && pwd) work=$(cd "$work" && pwd)
 [ -w "$out" ] || die "--out: $out is not writable"
 free_kib=$(df -Pk "$work" | awk 'NR==2 { print $4 }')
 [ "$free_kib" -ge $((6 * 1024 * 1024)) ] || die "--work: $work has $((free_kib / 1024)) MiB free; the build needs 6 GiB"
@@ -136,14 +145,13 @@ mmdebstrap --mode=root --variant=minbase --architectures="$arch" \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
     --setup-hook='mkdir -p "$1/boot/firmware"' \
+    --essential-hook='chroot "$1" dpkg-divert --quiet --local --rename --divert /usr/sbin/update-initramfs.zeppelin-image --add /usr/sbin/update-initramfs' \
+    --essential-hook='printf "#!/bin/sh\\n# diverted while the image is built (image-builder/customize.sh)\\nexit 0\\n" >"$1/usr/sbin/update-initramfs" && chmod 0755 "$1/usr/sbin/update-initramfs"' \
     --customize-hook="copy-in '$deb' /tmp" \
     --customize-hook="chroot \"\$1\" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends /tmp/$(basename "$deb")" \
     --customize-hook='rm -f "$1"/tmp/*.deb' \
     --customize-hook="bash '$here/customize.sh' \"\$1\" $arch" \
-    bookworm "$rootfs" \
-    "deb $mirror bookworm main non-free-firmware" \
-    "deb $mirror bookworm-updates main non-free-firmware" \
-    "deb $security bookworm-security main non-free-firmware" >&2 ||
+    bookworm "$rootfs" "${sources[@]}" >&2 ||
     die "mmdebstrap failed"
 
 # mmdebstrap's clean-up leaves an empty machine ID; "uninitialized" makes the first boot one
@@ -183,6 +191,7 @@ log "root file system: $used_mib MiB used, partition $root_mib MiB (grown to the
 
 log "FAT boot partition ($boot_mib MiB)"
 vfat=$work/boot.vfat
+rm -f "$vfat"
 mkfs.vfat -F 32 -n RASPIFIRM -i "$fat_id" --invariant -C "$vfat" $((boot_mib * 1024)) >/dev/null
 export MTOOLS_SKIP_CHECK=1
 (

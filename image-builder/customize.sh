@@ -37,8 +37,16 @@ esac
 sed -i -e 's|^#\?ROOTPART=.*|ROOTPART=LABEL=RASPIROOT|' -e "s|^#\\?CONSOLES=.*|CONSOLES=\"$consoles\"|" \
     "$rootfs/etc/default/raspi-firmware"
 grep -qx 'ROOTPART=LABEL=RASPIROOT' "$rootfs/etc/default/raspi-firmware" || die "could not set ROOTPART in /etc/default/raspi-firmware"
-in_root env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware >&2
 kver=$(basename "$(ls -d "$rootfs"/lib/modules/* | sort -V | tail -n1)")
+# build.sh diverted update-initramfs while the packages were installed (each kernel, udev or
+# zstd trigger would have made the initrd again: ten minutes each under qemu-user); make it once.
+if in_root dpkg-divert --list /usr/sbin/update-initramfs | grep -q zeppelin-image; then
+    rm -f "$rootfs/usr/sbin/update-initramfs"
+    in_root dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
+    log "making the initrd of $kver (MODULES=most)"
+    in_root update-initramfs -c -k "$kver" >&2
+fi
+in_root env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware >&2
 [ -f "$rootfs/boot/firmware/config.txt" ] || die "raspi-firmware wrote no config.txt in /boot/firmware"
 [ -f "$rootfs/boot/firmware/vmlinuz-$kver" ] || die "raspi-firmware did not copy the kernel $kver to /boot/firmware"
 [ -f "$rootfs/boot/firmware/initrd.img-$kver" ] || die "raspi-firmware did not copy the initrd of $kver to /boot/firmware"
