@@ -240,7 +240,7 @@ boot_qemu() { # serial log file
         -kernel "$work/vmlinuz" -initrd "$work/initrd.img" \
         -append "root=LABEL=RASPIROOT rw rootwait console=ttyAMA0 panic=10" \
         -drive "file=$disk,format=raw,if=virtio" \
-        -netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$ssh_port-:22" -device virtio-net-pci,netdev=net0 \
+        -netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$ssh_port-:22" -device virtio-net-pci,netdev=net0,romfile= \
         >"$work/qemu.log" 2>&1 &
     qemu_pid=$!
     pids+=("$qemu_pid")
