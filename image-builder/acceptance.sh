@@ -152,7 +152,7 @@ check_image() { # arch image.img.xz
     grep -qx 'Status: install ok installed' <<<"$status" || die "$arch: zeppelin is not installed in the root file system"
     grep -qx "Architecture: $arch" <<<"$status" || die "$arch: the installed zeppelin is not $arch: $status"
     ok "$arch: zeppelin $(sed -n 's/^Version: //p' <<<"$status") ($arch) installed"
-    for f in /usr/bin/zeppelin /usr/bin/dockerd /usr/lib/zeppelin-image/boot-config /etc/ssh/sshd_config.d/zeppelin-image.conf; do
+    for f in /usr/bin/zeppelin /usr/sbin/dockerd /usr/lib/zeppelin-image/boot-config /etc/ssh/sshd_config.d/zeppelin-image.conf; do
         dbg "stat $f" | grep -q 'Type: regular' || die "$arch: $f is missing in the root file system"
     done
     [ "$(dbg 'cat /etc/machine-id')" = uninitialized ] || die "$arch: a machine ID is baked into the image"
