@@ -26,6 +26,8 @@ in_root systemctl enable --quiet zeppelin-boot-config.service systemd-networkd.s
     systemd-resolved.service systemd-timesyncd.service docker.service
 # Off until the boot partition says otherwise (boot-config).
 in_root systemctl disable --quiet ssh.service zeppelin.service
+# A headless appliance.
+in_root systemctl set-default --quiet multi-user.target
 ln -sf /run/systemd/resolve/stub-resolv.conf "$rootfs/etc/resolv.conf"
 # The kernel's boot files on the boot partition (raspi-firmware's hook: firmware, kernel, initrd,
 # device trees, config.txt, cmdline.txt), with the root by label and the consoles: the serial
