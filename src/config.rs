@@ -1317,7 +1317,12 @@ mod tests {
 
     #[test]
     fn slots_bounds() {
-        assert_eq!(with("worker", "slots = 255").unwrap().worker.slots.get(), 255);
+        let many = load(&format!("{MIN}slots = 255\n[work]\nports = \"7100-7354\"\n")).unwrap();
+        assert_eq!(many.worker.slots.get(), 255);
+        assert_eq!(
+            err("worker", "slots = 65"),
+            "test.toml: worker.slots: 65 agreements at once need as many ports, and work.ports \"7100-7163\" has 64"
+        );
         assert_eq!(err("worker", "slots = 256"), "test.toml: worker.slots: must be between 1 and 255");
         assert_eq!(err("worker", "slots = -1"), "test.toml: worker.slots: must be between 1 and 255");
     }
