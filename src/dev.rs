@@ -427,7 +427,8 @@ impl WorkerSpec {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.dir.hash(&mut h);
-        20_000 + (h.finish() % 1_000) as u16 * 17
+        // Below 32768, where Linux starts handing out ephemeral ports (anvil's among them).
+        20_000 + (h.finish() % 700) as u16 * 17
     }
 
     /// Writes the worker's config file: no confirmations on a local chain (it does not reorg by
