@@ -14,8 +14,8 @@ rootfs=$1 arch=$2
 
 log "configuring the image"
 cp -a "$here/overlay/." "$rootfs/"
-chown -R root:root "$rootfs/etc/ssh/sshd_config.d" "$rootfs/etc/sudoers.d" "$rootfs/usr/lib/zeppelin-image" \
-    "$rootfs/usr/lib/systemd/system"
+# Whoever owns the checkout, the overlay's files belong to root in the image.
+(cd "$here/overlay" && find . -mindepth 1 -print0) | (cd "$rootfs" && xargs -0 chown -h root:root)
 chmod 0440 "$rootfs/etc/sudoers.d/admin"
 cp "$here"/overlay/usr/lib/zeppelin-image/network/*.network "$rootfs/etc/systemd/network/"
 in_root() { chroot "$rootfs" "$@"; }
