@@ -13,7 +13,6 @@
 # that the image exists (or import the cached tarball).
 set -euo pipefail
 
-tools=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache="${ZEPPELIN_CACHE:-$HOME/.cache/zeppelin}"
 die() { printf 'deb-root: error: %s\n' "$*" >&2; exit 1; }
 log() { printf 'deb-root: %s\n' "$*" >&2; }

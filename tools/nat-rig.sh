@@ -319,18 +319,18 @@ flush_router_state() {
 }
 
 stop_router() {
-    local pid i
+    local pid
     pid=$(router_pid)
     if [ -n "$pid" ]; then
         kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$PIDFILE"
 }
 
 start_router() {
-    local pid i ok
+    local pid ok
     write_conf
     [ "$keep_state" = yes ] || flush_router_state
     # PCP switch (see parse_proto_flags).
@@ -354,7 +354,7 @@ start_router() {
     # (miniupnpd writes $PIDFILE itself and refuses to start if it names a live process.)
     protocols_string >"$PROTOFILE"
     ok=no
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
         kill -0 "$pid" 2>/dev/null || break
         if router_ready; then ok=yes; break; fi
         sleep 0.05
@@ -472,7 +472,7 @@ cmd_stop_router() {
 
 cmd_down() {
     [ "$#" = 0 ] || die "down takes no options"
-    local n pids i
+    local n pids
     stop_router
     for n in "$NS_LAN" "$NS_ROUTER" "$NS_WAN"; do
         ns_exists "$n" || continue
@@ -482,7 +482,7 @@ cmd_down() {
             say "ending processes left in $n: $pids"
             # shellcheck disable=SC2086
             kill -TERM $pids 2>/dev/null || true
-            for i in $(seq 30); do [ -z "$(ip netns pids "$n" 2>/dev/null)" ] && break; sleep 0.1; done
+            for _ in $(seq 30); do [ -z "$(ip netns pids "$n" 2>/dev/null)" ] && break; sleep 0.1; done
             pids=$(ip netns pids "$n" 2>/dev/null | tr '\n' ' ')
             # shellcheck disable=SC2086
             [ -n "${pids// /}" ] && kill -KILL $pids 2>/dev/null || true

@@ -40,7 +40,7 @@ die() {
 }
 
 # ---------------------------------------------------------------- Debian packages
-packages=(ca-certificates curl git xz-utils file iproute2 iptables miniupnpd-iptables miniupnpc)
+packages=(ca-certificates curl git xz-utils file iproute2 iptables miniupnpd-iptables miniupnpc shellcheck)
 # The static busybox that the container tests' images are made of (src/runtime/images.rs).
 packages+=(busybox-static)
 # The Debian packages' checks and their clean Debian 12 test root (tools/deb-test.sh).

@@ -2,7 +2,9 @@
 # The whole test suite, set-up included: the README's test command, and what CI runs.
 #
 #   tools/test.sh            everything
-#   tools/test.sh --no-cross skip the ARM release builds (quicker while developing)
+#   tools/test.sh --no-cross skip the ARM release builds, the packages and the Pi image
+#                            (quicker while developing)
+#   tools/test.sh --no-image skip the Raspberry Pi image's acceptance (the image build and boot)
 #
 # Each step prints its name and time; the last line counts the steps that passed and failed.
 # The suite stops at the first failing step.
@@ -11,12 +13,13 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-cross=1
+cross=1 image=1
 for arg in "$@"; do
     case "$arg" in
         --no-cross) cross=0 ;;
+        --no-image) image=0 ;;
         *)
-            echo "test: unknown option '$arg'" >&2
+            echo "test: unknown option '$arg' (--no-cross, --no-image)" >&2
             exit 2
             ;;
     esac
@@ -73,7 +76,15 @@ cross_release() {
     esac
 }
 
+shell_scripts() {
+    shellcheck --severity=warning tools/*.sh .ci/run contracts/*.sh image-builder/*.sh \
+        image-builder/overlay/usr/lib/zeppelin-image/boot-config \
+        packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm
+    echo "shellcheck: no warnings"
+}
+
 step "rustfmt" cargo fmt --all --check
+step "shell scripts (shellcheck, warnings denied)" shell_scripts
 step "clippy (warnings denied)" cargo clippy --locked --all-targets -- -D warnings
 step "rust tests (unit and integration: real anvil)" cargo test --locked
 step "no aws-lc in the dependency graph" no_aws_lc
@@ -90,6 +101,12 @@ if [ "$cross" = 1 ]; then
     step "Debian packages: contents, architectures, lintian, systemd-analyze" bash tools/deb-test.sh inspect
     step "Debian packages: install, upgrade, remove, purge in Debian 12" bash tools/deb-test.sh dpkg
     step "Debian packages: systemd as PID 1 (READY, STATUS, stop, watchdog)" bash tools/deb-test.sh systemd
+    if [ "$image" = 1 ]; then
+        # The reduced acceptance (image-builder/acceptance.sh --full adds the second boot and
+        # the armhf image); xz -1 because the file is only booted here, not shipped.
+        step "Raspberry Pi image: arm64 built and inspected, booted under qemu to WorkerRegistered" \
+            bash image-builder/acceptance.sh --xz-level 1
+    fi
 fi
 
 printf '\ntotal time: %d s\n' "$SECONDS"
