@@ -2,7 +2,8 @@
 # image-builder/acceptance.sh - acceptance of the Raspberry Pi images.
 #
 # Usage: image-builder/acceptance.sh [--full] [--deb-arm64 PATH] [--deb-armhf PATH]
-#                                    [--image-arm64 PATH] [--image-armhf PATH] [--keep]
+#                                    [--image-arm64 PATH] [--image-armhf PATH] [--xz-level N]
+#                                    [--mirror URL] [--security-mirror URL|none] [--keep]
 #   (reduced form, for CI)
 #     1. builds the arm64 image (image-builder/build.sh) unless --image-arm64 names one;
 #     2. checks it: partition table, boot files, the installed zeppelin package, no password,
@@ -16,12 +17,15 @@
 #        (the key given) and checks multi-user, the service active, the unique hostname and the
 #        grown root file system.
 #   --full, in addition
-#     4. changes zeppelin.toml on the boot partition, boots again and checks that the change is
-#        applied, the key (address) kept and the service active again;
+#     4. changes the price in zeppelin.toml on the boot partition, boots again and checks that the
+#        change is applied (the daemon's updateWorker: a WorkerUpdated event with the new price on
+#        chain), the key (address) and hostname kept and the service active again;
 #     5. builds the armhf image and checks its partition table, boot files (Pi 2 device tree)
 #        and installed package.
 #   --deb-arm64/--deb-armhf  the .debs (default: the newest target/debian/zeppelin_*_<arch>.deb,
 #              made by tools/cross-build.sh <triple> and tools/package.sh <arch>)
+#   --xz-level the images' xz preset (build.sh --xz-level; default 6; CI uses 1)
+#   --mirror, --security-mirror  passed to build.sh (see build.sh --help)
 #   --keep     keep the scratch files (image-builder/work/acceptance)
 #
 # Prints the figures: build time and sizes, qemu start to registered. Needs root,
@@ -34,18 +38,20 @@ die() { printf 'acceptance: FAIL: %s\n' "$*" >&2; exit 1; }
 log() { printf 'acceptance: %s\n' "$*" >&2; }
 ok() { printf 'acceptance: ok: %s\n' "$*" >&2; }
 
-full=0 keep=0 deb_arm64="" deb_armhf="" image_arm64="" image_armhf=""
+full=0 keep=0 xz_level=6 mirror_args=() deb_arm64="" deb_armhf="" image_arm64="" image_armhf=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) full=1 ;;
         --keep) keep=1 ;;
-        --deb-arm64 | --deb-armhf | --image-arm64 | --image-armhf)
+        --deb-arm64 | --deb-armhf | --image-arm64 | --image-armhf | --xz-level | --mirror | --security-mirror)
             [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"
             case "$1" in
                 --deb-arm64) deb_arm64=$2 ;;
                 --deb-armhf) deb_armhf=$2 ;;
                 --image-arm64) image_arm64=$2 ;;
                 --image-armhf) image_armhf=$2 ;;
+                --xz-level) xz_level=$2 ;;
+                --mirror | --security-mirror) mirror_args+=("$1" "$2") ;;
             esac
             shift
             ;;
@@ -71,6 +77,10 @@ done
 
 work=$here/work/acceptance
 out=$work/out
+# An interrupted build can leave /proc, /sys or /dev mounted in its root: never delete through them.
+if findmnt -rn -o TARGET | grep -q "^$work/"; then
+    die "something is mounted under $work (an interrupted build?): umount it first ($(findmnt -rn -o TARGET | grep "^$work/" | tr '\n' ' '))"
+fi
 rm -rf "$work"
 mkdir -p "$out"
 pids=()
@@ -78,7 +88,13 @@ cleanup() {
     local pid
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    if [ "$keep" = 0 ]; then rm -rf "$work"; fi
+    if [ "$keep" = 0 ]; then
+        if findmnt -rn -o TARGET | grep -q "^$work/"; then
+            log "not removing $work: something is still mounted under it"
+        else
+            rm -rf "$work"
+        fi
+    fi
 }
 trap cleanup EXIT
 
@@ -86,7 +102,8 @@ trap cleanup EXIT
 build() { # arch deb -> image path; prints the figures
     local arch=$1 deb=$2 t0 img
     t0=$(date +%s)
-    img=$(bash "$here/build.sh" --arch "$arch" --deb "$deb" --out "$out" --work "$work/build-$arch") ||
+    img=$(bash "$here/build.sh" --arch "$arch" --deb "$deb" --out "$out" --work "$work/build-$arch" \
+        --xz-level "$xz_level" "${mirror_args[@]}") ||
         die "building the $arch image failed"
     log "figure: $arch image built in $(($(date +%s) - t0)) s; $(basename "$img") $(stat -c %s "$img") bytes"
     echo "$img"
@@ -284,7 +301,19 @@ done
 [ -n "$registered" ] || { tail -n 40 "$serial" >&2; die "no WorkerRegistered for $address within 30 minutes of funding"; }
 t_registered=$(($(date +%s) - t0))
 ok "WorkerRegistered for $address on chain"
+# getWorker(address): the Worker record, 15 static words; pricePerSecond is the eighth.
+price_on_chain() {
+    local raw
+    raw=$(cast call --rpc-url "$rpc" "$dispatcher" 'getWorker(address)' "$address") || return 1
+    cast to-dec "0x${raw:$((2 + 7 * 64)):64}"
+}
+[ "$(price_on_chain)" = 1000000000 ] || die "the registered price is $(price_on_chain) wei/s, not the configured 1 gwei"
+ok "registered at the boot partition's price, 1 gwei per second"
 log "figure: qemu start to worker key $t_address s, to registered on chain $t_registered s"
+# A Pi loses power without warning: the initrd checks the root before mounting it.
+grep -a -q '^RASPIROOT: clean' "$serial" ||
+    die "the initrd did not check the root file system (no 'RASPIROOT: clean' on the serial console)"
+ok "the initrd checked the root file system (fsck.ext4) before mounting it"
 
 wait_ssh
 state=$(guest systemctl is-system-running --wait || true)
@@ -313,15 +342,21 @@ if [ "$full" = 1 ]; then
     for _ in $(seq 300); do kill -0 "$qemu_pid" 2>/dev/null || break; sleep 1; done
     kill -0 "$qemu_pid" 2>/dev/null && die "the guest did not power off within 5 minutes"
     write_config "2 gwei"
+    t0=$(date +%s)
     boot_qemu "$work/serial2.log"
     wait_serial "$work/serial2.log" 'zeppelin-image: zeppelin.toml applied' 900 >/dev/null
     wait_serial "$work/serial2.log" "zeppelin-image: worker address $address" 1800 >/dev/null
+    # The daemon sees its new terms and updates its registration.
+    for _ in $(seq 300); do [ "$(price_on_chain)" = 2000000000 ] && break; sleep 2; done
+    [ "$(price_on_chain)" = 2000000000 ] || die "the price on chain is $(price_on_chain) wei/s, not the new 2 gwei"
+    t_second=$(($(date +%s) - t0))
     wait_ssh
     guest grep -q 'price_per_second = "2 gwei"' /etc/zeppelin/zeppelin.toml || die "the changed zeppelin.toml was not applied"
     [ "$(guest hostname)" = "$host" ] || die "the hostname changed on the second boot"
     for _ in $(seq 60); do [ "$(guest systemctl is-active zeppelin.service)" = active ] && break; sleep 5; done
     [ "$(guest systemctl is-active zeppelin.service)" = active ] || die "zeppelin.service is not active after the second boot"
-    ok "second boot: the changed zeppelin.toml applied, same key ($address) and hostname, service active"
+    ok "second boot: the changed zeppelin.toml applied (2 gwei on chain), same key ($address) and hostname, service active"
+    log "figure: second boot, qemu start to the new price on chain $t_second s"
     guest sudo systemctl poweroff || true
 fi
 kill "$qemu_pid" 2>/dev/null || true

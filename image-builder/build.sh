@@ -212,7 +212,7 @@ export MTOOLS_SKIP_CHECK=1
 log "ext4 root partition ($root_mib MiB)"
 ext4=$work/root.ext4
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mke2fs -q -t ext4 -L RASPIROOT -U "$root_uuid" \
-    -E "hash_seed=$hash_seed,root_owner=0:0" -b 4096 -d "$rootfs" "$ext4" "${root_mib}M"
+    -E "hash_seed=$hash_seed,root_owner=0:0" -b 4096 -d "$rootfs" "$ext4" "${root_mib}M" >&2
 
 img=$work/$name.img
 boot_start=$((4 * mib / 512))
