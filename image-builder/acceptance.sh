@@ -351,7 +351,9 @@ if [ "$full" = 1 ]; then
     [ "$(price_on_chain)" = 2000000000 ] || die "the price on chain is $(price_on_chain) wei/s, not the new 2 gwei"
     t_second=$(($(date +%s) - t0))
     wait_ssh
-    guest grep -q 'price_per_second = "2 gwei"' /etc/zeppelin/zeppelin.toml || die "the changed zeppelin.toml was not applied"
+    # (ssh joins its arguments into one remote command line: the pattern is quoted for that shell.)
+    guest "grep -qx 'price_per_second = \"2 gwei\"' /etc/zeppelin/zeppelin.toml" ||
+        die "the changed zeppelin.toml was not applied: $(guest grep price_per_second /etc/zeppelin/zeppelin.toml)"
     [ "$(guest hostname)" = "$host" ] || die "the hostname changed on the second boot"
     for _ in $(seq 60); do [ "$(guest systemctl is-active zeppelin.service)" = active ] && break; sleep 5; done
     [ "$(guest systemctl is-active zeppelin.service)" = active ] || die "zeppelin.service is not active after the second boot"
