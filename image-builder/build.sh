@@ -97,7 +97,7 @@ for url in "$mirror" "${security/#none/http://none}"; do
     [[ $url =~ ^(https?|file)://[^[:space:]]+$ ]] || die "mirror '$url' is not an http(s):// or file:// URL"
 done
 [ "$(id -u)" = 0 ] || die "needs root (mmdebstrap's root mode and root-owned files in the image)"
-for tool in mmdebstrap mke2fs mkfs.vfat mcopy mmd sfdisk bmaptool xz sha256sum dpkg-deb arch-test; do
+for tool in mmdebstrap mke2fs debugfs dumpe2fs e2fsck mkfs.vfat mcopy mmd sfdisk bmaptool xz sha256sum dpkg-deb arch-test; do
     command -v "$tool" >/dev/null || die "$tool is missing (run image-builder/setup.sh)"
 done
 arch-test "$arch" >/dev/null 2>&1 || die "this machine cannot run $arch programs (run image-builder/setup.sh)"
@@ -213,6 +213,17 @@ log "ext4 root partition ($root_mib MiB)"
 ext4=$work/root.ext4
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mke2fs -q -t ext4 -L RASPIROOT -U "$root_uuid" \
     -E "hash_seed=$hash_seed,root_owner=0:0" -b 4096 -d "$rootfs" "$ext4" "${root_mib}M" >&2
+# mke2fs -d copies each file's access and change times from this machine (the modification
+# times are already clamped, but the change time cannot be set on the host): set both on every
+# inode in use, so two builds give the same bytes.
+inode_count=$(dumpe2fs -h "$ext4" 2>/dev/null | awk -F: '/^Inode count/ { print $2 + 0 }')
+[ "${inode_count:-0}" -gt 0 ] || die "cannot read the inode count of $ext4"
+seq 1 "$inode_count" | sed 's/.*/testi <&>/' | debugfs -f - "$ext4" 2>/dev/null |
+    sed -n 's/^Inode \([0-9]*\) is marked in use$/\1/p' |
+    awk -v t="$SOURCE_DATE_EPOCH" '{ print "set_inode_field <" $1 "> atime @" t; print "set_inode_field <" $1 "> ctime @" t }' |
+    E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f - "$ext4" >/dev/null 2>&1 ||
+        die "debugfs could not set the time stamps in $ext4"
+e2fsck -fn "$ext4" >/dev/null 2>&1 || die "e2fsck finds errors in $ext4"
 
 img=$work/$name.img
 boot_start=$((4 * mib / 512))
