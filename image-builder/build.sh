@@ -4,7 +4,8 @@
 # Usage: image-builder/build.sh --arch arm64|armhf --deb PATH [--out DIR] [--work DIR]
 #                               [--mirror URL] [--security-mirror URL] [--xz-level 0-9]
 #                               [--keep-work]
-#   --arch     arm64: Raspberry Pi 3, 4, 5 and Zero 2 W (Debian's linux-image-arm64)
+#   --arch     arm64: Raspberry Pi 3, 4 and Zero 2 W (Debian's linux-image-arm64; the Pi 5
+#              needs a newer kernel than bookworm's 6.1)
 #              armhf: Raspberry Pi 2 (and 3 in 32-bit mode) (Debian's linux-image-armmp)
 #   --deb      the zeppelin .deb of that architecture (tools/package.sh arm64|armhf)
 #   --out      where the results go (default: image-builder/work/out)
